@@ -1,0 +1,47 @@
+"""Pieces every effilm flow uses: cached task calls that notice missing outputs, and the run tags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+
+from tasks import tracking
+from tasks.caching import code_version, result_paths
+
+
+def call(task_fn, label: str, **kwargs: Any) -> Any:
+    """Run a Prefect task; on a cache hit whose files are gone, run it again with a refreshed cache."""
+    logger = get_run_logger()
+    state = task_fn(**kwargs, return_state=True)
+    result = state.result()
+    if state.name == "Cached":
+        missing = [p for p in result_paths(result) if not Path(p).exists()]
+        if missing:
+            logger.warning("%s: cached result points to missing %s; recomputing", label, missing[0])
+            return task_fn.with_options(refresh_cache=True)(**kwargs)
+        logger.info("%s: inputs and code unchanged -> cached result reused (skipped)", label)
+    return result
+
+
+def base_tags(case_study: str, profile: str, fingerprint: str | None = None) -> dict[str, str]:
+    tags = {
+        "case_study": case_study,
+        "profile": profile,
+        "git_sha": tracking.git_sha(),
+        "code_version": code_version(),
+    }
+    if fingerprint:
+        tags["data_fingerprint"] = fingerprint
+    flow_run = os.environ.get("PREFECT__FLOW_RUN_ID")
+    try:
+        from prefect.runtime import flow_run as fr
+
+        flow_run = fr.id or flow_run
+    except Exception:  # pragma: no cover - outside a flow
+        pass
+    if flow_run:
+        tags["prefect_flow_run_id"] = str(flow_run)
+    return tags

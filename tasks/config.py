@@ -1,0 +1,246 @@
+"""Case-study configuration: one YAML per case study, validated once by pydantic at the flow boundary.
+
+A case-study file holds the base settings plus ``profiles`` (``quick``, ``full``) whose values are deep-merged
+over the base; ``--set a.b=c`` overrides are merged last. Every error names the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CASE_STUDY_DIR = Path(__file__).resolve().parent.parent / "case_studies"
+CASE_STUDIES = {"mobile-bert": "mobile_bert.yaml"}
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the CLI turns it into exit code 2."""
+
+    def __init__(self, source: str, key: str | None, message: str):
+        self.source, self.key, self.message = source, key, message
+        where = f"{source}: key '{key}'" if key else source
+        super().__init__(f"{where}: {message}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    source: str = Field("bbc", description="bbc | folder | csv | jsonl | parquet | hf:<dataset name>")
+    path: str | None = Field(None, description="file or folder for csv/jsonl/parquet/folder sources")
+    text_field: str = "text"
+    label_field: str = "label"
+    hf_config: str | None = None
+    hf_split: str = "train"
+    max_samples: int | None = Field(None, gt=0, description="stratified subsample (for quick runs)")
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        kinds = ("bbc", "folder", "csv", "jsonl", "parquet")
+        if not (self.source in kinds or self.source.startswith("hf:")):
+            raise ValueError(f"source: unknown data source '{self.source}'; use one of {', '.join(kinds)} or hf:<name>")
+        if self.source in ("folder", "csv", "jsonl", "parquet"):
+            if not self.path:
+                raise ValueError(f"path: data source '{self.source}' needs data.path")
+            if not Path(self.path).expanduser().exists():
+                raise ValueError(f"path: file or folder not found: {self.path}")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("test_fraction: val_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+
+class ModelConfig(Strict):
+    source: str = Field("packaged:minilm-l6", description="packaged:minilm-l6 | hub id | local folder")
+    max_length: int = Field(128, ge=8, le=8192)
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+class TrainConfig(Strict):
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(50, ge=1, description="optimizer steps between resumable checkpoints")
+    max_steps: int | None = Field(None, ge=1)
+    device: str = Field("auto", description="auto | cpu | cuda")
+
+
+class EvaluateConfig(Strict):
+    batch_size: int = Field(64, ge=1)
+
+
+class BenchmarkConfig(Strict):
+    seq_len: int = Field(128, ge=8)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+    threads: list[int | Literal["all"]] = Field(default_factory=lambda: [1, "all"])
+    warmup: int = Field(3, ge=0)
+    iters: int = Field(30, ge=3, description="timed iterations per (batch size, threads) setting")
+    max_seconds: float = Field(10.0, gt=0, description="stop a setting early after this long (min 3 iterations)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "BenchmarkConfig":
+        if any(b < 1 for b in self.batch_sizes):
+            raise ValueError("batch_sizes: every batch size must be >= 1")
+        if any(t != "all" and t < 1 for t in self.threads):
+            raise ValueError("threads: use positive integers or 'all'")
+        return self
+
+
+class Constraints(Strict):
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_size_mb: float | None = Field(None, gt=0)
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
+
+
+class MobileBertConfig(Strict):
+    name: Literal["mobile-bert"] = "mobile-bert"
+    experiment: str = "effilm/mobile-bert"
+    profile: str = "quick"
+    output_dir: str = "outputs/mobile-bert"
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    constraints: Constraints = Field(default_factory=Constraints)
+
+
+SCHEMAS: dict[str, type[Strict]] = {"mobile-bert": MobileBertConfig}
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_overrides(items: list[str] | None, source: str = "--set") -> dict:
+    """``["train.epochs=2", "data.max_samples=100"]`` -> nested dict, values parsed as YAML scalars."""
+    result: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(source, item, "override must look like key.sub=value")
+        dotted, raw = item.split("=", 1)
+        dotted = dotted.strip()
+        if not dotted or any(not part for part in dotted.split(".")):
+            raise ConfigError(source, dotted, "override key is empty")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, dotted, f"cannot parse value {raw!r}: {exc}") from None
+        node = result
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(source, dotted, "conflicting overrides")
+        node[leaf] = value
+    return result
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def validate(study: str, raw: dict, source: str) -> Strict:
+    schema = SCHEMAS[study]
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = list(err["loc"])
+        msg = err["msg"]
+        # model_validator errors carry "field: message" so the bad key is still named.
+        if err["type"] == "value_error" and ": " in msg:
+            msg = msg.removeprefix("Value error, ")
+            field, _, msg = msg.partition(": ")
+            loc.append(field)
+        if err["type"] == "extra_forbidden":
+            parent = schema
+            for part in loc[:-1]:
+                ann = parent.model_fields.get(str(part))
+                parent = ann.annotation if ann is not None else parent
+            allowed = ", ".join(getattr(parent, "model_fields", {}).keys())
+            msg = f"unknown key (allowed here: {allowed})"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = f"{msg} (got {err.get('input')!r})" if "input" in err and not isinstance(err["input"], dict) else msg
+        more = f" (+{len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+        raise ConfigError(source, _format_loc(tuple(loc)), msg + more) from None
+
+
+def case_study_path(study: str) -> Path:
+    if study not in CASE_STUDIES:
+        raise ConfigError("effilm run", "case_study", f"unknown case study '{study}'; choose one of {', '.join(CASE_STUDIES)}")
+    return CASE_STUDY_DIR / CASE_STUDIES[study]
+
+
+def load_config(
+    study: str,
+    profile: str = "quick",
+    overrides: list[str] | None = None,
+    path: str | os.PathLike | None = None,
+) -> Strict:
+    """Read a case-study YAML, apply the profile and ``--set`` overrides, validate once."""
+    file = Path(path) if path else case_study_path(study)
+    source = str(file)
+    if not file.is_file():
+        raise ConfigError(source, None, "case-study file not found")
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, None, f"not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(source, None, "top level must be a mapping of sections")
+    profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(source, "profiles", "must be a mapping of profile name -> overrides")
+    if profile not in profiles:
+        raise ConfigError(source, "profiles", f"unknown profile '{profile}'; this file defines {', '.join(profiles) or 'none'}")
+    merged = deep_merge(raw, profiles[profile] or {})
+    merged["profile"] = profile
+    set_values = parse_overrides(overrides)
+    merged = deep_merge(merged, set_values)
+    return validate(study, merged, source + (" (with --set overrides)" if set_values else ""))
+
+
+def to_flat_params(cfg: BaseModel) -> dict[str, str]:
+    """Flatten the resolved config for MLflow params: ``{"train.epochs": "1.0", ...}``."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = str(value)[:500]
+
+    walk("", cfg.model_dump(mode="json"))
+    return out
+
+
+def slice_dict(section: BaseModel, **extra: Any) -> dict:
+    """A task's config slice as a plain dict (JSON types only: cheap to hash for caching)."""
+    d = section.model_dump(mode="json")
+    d.update(extra)
+    return d

@@ -1,0 +1,85 @@
+"""Evaluate a model folder on the test split: accuracy, macro-F1, per-class P/R/F1, confusion-matrix PNG."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tasks import data as data_mod
+from tasks import models
+
+
+@torch.inference_mode()
+def predict(model_dir: str, texts: list[str], batch_size: int = 64, max_length: int | None = None) -> np.ndarray:
+    run, tokenizer, manifest = models.load_for_inference(model_dir)
+    max_length = max_length or manifest.get("max_length", 128)
+    preds = []
+    for i in tqdm(range(0, len(texts), batch_size), desc="evaluate", unit="batch", mininterval=2.0, leave=False):
+        enc = models.encode(tokenizer, texts[i : i + batch_size], max_length)
+        preds.append(run(enc["input_ids"], enc["attention_mask"]).argmax(-1).cpu().numpy())
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=int)
+
+
+def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> tuple[dict, dict, np.ndarray]:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    ids = list(range(len(labels)))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
+    metrics = {
+        "eval/accuracy": float(accuracy_score(y_true, y_pred)),
+        "eval/macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
+    }
+    per_class = {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, lab in enumerate(labels)}
+    for lab, d in per_class.items():
+        metrics[f"eval/f1_{lab}"] = d["f1"]
+    return metrics, per_class, confusion_matrix(y_true, y_pred, labels=ids)
+
+
+def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.1 * len(labels) + 1.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate(model_dir: str, data: dict, eval_cfg: dict, work_dir: str, variant: str = "model") -> dict:
+    """-> {"metrics": {...}, "artifacts": {name: path}} (predictions saved for agreement checks)."""
+    out = Path(work_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = data["labels"]
+    test = data_mod.load_split(data["paths"]["test"])
+    label_ids = {l: i for i, l in enumerate(labels)}
+    y_true = [label_ids[l] for l in test["label"]]
+    t0 = time.perf_counter()
+    y_pred = predict(model_dir, test["text"].tolist(), eval_cfg["batch_size"])
+    seconds = time.perf_counter() - t0
+    metrics, per_class, cm = classification_metrics(y_true, y_pred.tolist(), labels)
+    metrics["eval/seconds"] = round(seconds, 3)
+    metrics["eval/num_samples"] = len(y_true)
+    cm_path = out / "confusion_matrix.png"
+    plot_confusion(cm, labels, cm_path, f"{variant}: accuracy {metrics['eval/accuracy']:.3f}")
+    (out / "per_class.json").write_text(json.dumps(per_class, indent=2))
+    np.save(out / "predictions.npy", y_pred)
+    return {
+        "metrics": metrics,
+        "artifacts": {"confusion_matrix": str(cm_path), "per_class": str(out / "per_class.json"), "predictions": str(out / "predictions.npy")},
+    }

@@ -1,0 +1,249 @@
+"""The one module that talks to MLflow. Runs are addressed by explicit ``run_id`` (MLflow's active run is per
+thread), so tasks never depend on ambient state.
+
+Default store: embedded sqlite ``mlflow.db`` in the working directory, artifacts beside it in ``mlartifacts/``;
+``MLFLOW_TRACKING_URI`` overrides (e.g. a team ``mlflow server`` on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+log = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# MLflow's sqlite store logs migrations at INFO on first use; keep the flow log readable.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def client():
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri(), registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri())
+
+
+def _local_artifact_root(uri: str) -> str | None:
+    """For an embedded sqlite store, keep artifacts next to the database instead of ./mlruns."""
+    m = re.match(r"sqlite:///(.+)$", uri)
+    if not m:
+        return None
+    return str(Path(m.group(1)).resolve().parent / "mlartifacts")
+
+
+def experiment_id(name: str) -> str:
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    root = _local_artifact_root(tracking_uri())
+    location = Path(root, re.sub(r"[^A-Za-z0-9_.-]+", "-", name)).as_uri() if root else None
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another flow run
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_sha() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                env["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    return env
+
+
+def pip_freeze() -> str:
+    dists = sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata["Name"]}, key=str.lower)
+    return "\n".join(dists) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def start_run(experiment: str, run_name: str, tags: dict[str, Any], parent_run_id: str | None = None) -> str:
+    all_tags = {k: str(v) for k, v in tags.items() if v is not None}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=run_name)
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status)
+
+
+@contextlib.contextmanager
+def run(experiment: str, run_name: str, tags: dict[str, Any], parent_run_id: str | None = None) -> Iterator[str]:
+    """Open a run; it ends FINISHED, FAILED on an exception, KILLED on Ctrl-C — never left RUNNING."""
+    run_id = start_run(experiment, run_name, tags, parent_run_id)
+    try:
+        yield run_id
+    except KeyboardInterrupt:
+        end_run(run_id, "KILLED")
+        raise
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            client().set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+        end_run(run_id, "FAILED")
+        raise
+    else:
+        end_run(run_id, "FINISHED")
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None]
+    for i in range(0, len(items), 900):
+        client().log_batch(run_id, metrics=items[i : i + 900])
+
+
+def log_metric_history(run_id: str, key: str, points: list[tuple[int, float]]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(key, float(v), now, int(s)) for s, v in points]
+    for i in range(0, len(items), 900):
+        client().log_batch(run_id, metrics=items[i : i + 900])
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 90):
+        client().log_batch(run_id, params=items[i : i + 90])
+
+
+def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
+
+
+def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    p = Path(path)
+    if p.is_dir():
+        client().log_artifacts(run_id, str(p), artifact_path)
+    else:
+        client().log_artifact(run_id, str(p), artifact_path)
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    client().log_text(run_id, text, artifact_file)
+
+
+def log_config(run_id: str, resolved: dict, flat_params: dict[str, str]) -> None:
+    log_params(run_id, flat_params)
+    log_text(run_id, yaml.safe_dump(resolved, sort_keys=False), "config/resolved.yaml")
+
+
+def log_environment(run_id: str) -> dict:
+    env = environment()
+    log_text(run_id, pip_freeze(), "environment/requirements-freeze.txt")
+    log_text(run_id, json.dumps(env, indent=2), "environment/environment.json")
+    set_tags(run_id, {"env.torch": env["torch"], "env.transformers": env["transformers"],
+                      "env.cpu": env.get("cpu_model", env["processor"]), "env.gpu": env["cuda"] or "none"})
+    return env
+
+
+def log_dataset(run_id: str, split_paths: dict[str, str], name: str, source: str, digest: str) -> None:
+    """Log each split with ``mlflow.data`` (schema, digest, source) as run inputs."""
+    import mlflow.data
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for context, path in split_paths.items():
+        df = pd.read_parquet(path)
+        ds = mlflow.data.from_pandas(df, source=str(Path(path).resolve()), targets="label", name=f"{name}-{context}",
+                                     digest=f"{digest[:8]}-{context}")
+        inputs.append(DatasetInput(dataset=ds._to_mlflow_entity(),
+                                   tags=[InputTag("mlflow.data.context", context), InputTag("effilm.origin", source[:250])]))
+    client().log_inputs(run_id, datasets=inputs)
+
+
+def log_model(run_id: str, model_dir: str, artifact_path: str = "model") -> str:
+    """Log a model folder as an MLflow pyfunc model (weights stay safetensors/ONNX/PTE inside it).
+
+    Load it back with ``mlflow.pyfunc.load_model(f"runs:/{run_id}/model")`` or ``tasks.tracking.download_model``.
+    """
+    import mlflow.pyfunc
+    import torch
+    import transformers
+
+    from tasks.serving import EffilmClassifier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / artifact_path
+        mlflow.pyfunc.save_model(
+            str(target),
+            python_model=EffilmClassifier(),
+            artifacts={"model_dir": str(model_dir)},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}", "effilm"],
+        )
+        client().log_artifacts(run_id, str(target), artifact_path)
+    return f"runs:/{run_id}/{artifact_path}"
+
+
+def download_model(run_id: str, artifact_path: str = "model", dst: str | None = None) -> str:
+    """-> local effilm model folder (the safetensors folder inside the logged pyfunc model)."""
+    local = client().download_artifacts(run_id, artifact_path, dst or tempfile.mkdtemp(prefix="effilm-model-"))
+    return str(Path(local) / "artifacts" / "model_dir")
+
+
+def get_run(run_id: str):
+    return client().get_run(run_id)
+
+
+def child_runs(parent_run_id: str) -> list:
+    run = client().get_run(parent_run_id)
+    return client().search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1000)

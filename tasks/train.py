@@ -1,0 +1,181 @@
+"""Fine-tune a sequence classifier: seeded, progress bar, resumable checkpoints written atomically.
+
+``fine_tune`` is a plain function: the Prefect task in the flow wraps it. A killed run leaves
+``<work_dir>/checkpoint``; calling again with the same work dir resumes from that step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tasks import data as data_mod
+from tasks import models
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    order = np.random.default_rng(seed + epoch).permutation(n)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _save_checkpoint(model, tokenizer, optimizer, scheduler, step: int, ckpt: Path, extra: dict) -> None:
+    tmp = ckpt.with_name(ckpt.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    torch.save(
+        {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+         "torch_rng": torch.get_rng_state(), **extra},
+        tmp / STATE_FILE,
+    )
+    old = ckpt.with_name(ckpt.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt.exists():
+        ckpt.rename(old)
+    tmp.rename(ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train_loop(
+    model: torch.nn.Module,
+    tokenizer,
+    train_texts: list[str],
+    train_labels: list[int],
+    cfg: dict,
+    seed: int,
+    max_length: int,
+    work_dir: str | Path,
+    loss_fn: Callable | None = None,
+    desc: str = "fine-tune",
+) -> dict:
+    """Generic resumable loop. ``loss_fn(model, batch, idx) -> loss`` defaults to cross-entropy on the labels."""
+    set_seed(seed)
+    work = Path(work_dir)
+    ckpt = work / "checkpoint"
+    device = models.pick_device(cfg.get("device", "auto"))
+    model.to(device).train()
+    enc = tokenizer(list(train_texts), truncation=True, max_length=max_length)
+    labels = torch.tensor(train_labels, dtype=torch.long)
+    n, bs = len(train_labels), cfg["batch_size"]
+    steps_per_epoch = math.ceil(n / bs)
+    total = cfg.get("max_steps") or max(1, math.ceil(steps_per_epoch * cfg["epochs"]))
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for nm, p in model.named_parameters() if p.requires_grad and not nm.endswith(no_decay)], "weight_decay": cfg["weight_decay"]},
+        {"params": [p for nm, p in model.named_parameters() if p.requires_grad and nm.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg["learning_rate"])
+    warmup = int(total * cfg["warmup_ratio"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+    )
+
+    step, losses, resumed_from = 0, [], 0
+    if (ckpt / STATE_FILE).is_file():
+        from safetensors.torch import load_file
+
+        state = torch.load(ckpt / STATE_FILE, weights_only=True, map_location="cpu")
+        weights = load_file(ckpt / "model.safetensors")
+        model.load_state_dict(weights, strict=False)
+        model.to(device)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        step = resumed_from = int(state["step"])
+        losses = [tuple(x) for x in state.get("losses", [])]
+        log.info("resuming %s from checkpoint at step %d/%d (%s)", desc, step, total, ckpt)
+
+    def collate(idx: np.ndarray) -> dict:
+        feats = [{k: enc[k][i] for k in enc.keys()} for i in idx]
+        batch = tokenizer.pad(feats, return_tensors="pt")
+        batch["labels"] = labels[idx]
+        return {k: v.to(device) for k, v in batch.items()}
+
+    if loss_fn is None:
+        def loss_fn(m, batch, idx):  # noqa: E306
+            return torch.nn.functional.cross_entropy(
+                m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  **({"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {})).logits,
+                batch["labels"])
+
+    t0 = time.perf_counter()
+    seen = 0
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0)
+    running = None
+    while step < total:
+        epoch, within = divmod(step, steps_per_epoch)
+        for idx in batches(n, bs, seed, epoch)[within:]:
+            if step >= total:
+                break
+            batch = collate(idx)
+            loss = loss_fn(model, batch, idx)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += len(idx)
+            value = float(loss.detach())
+            running = value if running is None else 0.9 * running + 0.1 * value
+            losses.append((step, value))
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.3f}")
+            if step % cfg["checkpoint_every"] == 0 and step < total:
+                _save_checkpoint(model, tokenizer, optimizer, scheduler, step, ckpt, {"losses": losses})
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    model.eval()
+    return {
+        "steps": step,
+        "resumed_from_step": resumed_from,
+        "train_seconds": round(elapsed, 2),
+        "samples_per_second": round(seen / elapsed, 2) if elapsed > 0 and seen else None,
+        "final_loss": running,
+        "losses": losses[:: max(1, len(losses) // 200)],
+    }
+
+
+def fine_tune(model_cfg: dict, train_cfg: dict, data: dict, seed: int, work_dir: str) -> dict:
+    """Fine-tune ``model_cfg['source']`` on ``data`` (the output of ``tasks.data.prepare``) -> model folder + stats."""
+    work = Path(work_dir)
+    final = work / "model"
+    if (final / models.MANIFEST).is_file():
+        log.info("fine-tuned model already complete at %s; reusing it", final)
+        return {"model_dir": str(final), "reused": True, **models.read_manifest(final).get("train", {})}
+    work.mkdir(parents=True, exist_ok=True)
+    labels = data["labels"]
+    set_seed(seed)
+    tokenizer = models.load_tokenizer(model_cfg["source"], model_cfg["trust_remote_code"], model_cfg.get("revision"))
+    model = models.load_classifier(model_cfg["source"], labels, model_cfg["trust_remote_code"], model_cfg.get("revision"))
+    train = data_mod.load_split(data["paths"]["train"])
+    label_ids = {l: i for i, l in enumerate(labels)}
+    stats = train_loop(model, tokenizer, train["text"].tolist(), [label_ids[l] for l in train["label"]],
+                       train_cfg, seed, model_cfg["max_length"], work)
+    summary = {k: v for k, v in stats.items() if k != "losses"}
+    models.save_hf(model.cpu(), tokenizer, final, labels=labels, max_length=model_cfg["max_length"],
+                   source=model_cfg["source"], train=summary)
+    shutil.rmtree(work / "checkpoint", ignore_errors=True)
+    return {"model_dir": str(final), "reused": False, **stats}
