@@ -1,0 +1,53 @@
+"""Wall time of the quick profile (cold, then an unchanged re-run) and the baseline teacher's figures.
+
+    python benchmarks/quick_profile.py        # writes benchmarks/results/quick_profile.{json,md}
+
+Runs `effilm run mobile-bert --profile quick` twice against a fresh MLflow store, output folder and Prefect result
+storage, so the first run is cold and the second shows what caching saves.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from common import ROOT, run, write_results
+
+KEYS = ["eval/accuracy", "eval/macro_f1", "bench/latency_ms_p50_b1_t1", "bench/latency_ms_p95_b1_t1",
+        "bench/latency_ms_p50_b1_tall", "bench/latency_ms_p50_b32_tall", "bench/throughput_b32",
+        "bench/peak_rss_mb", "size/disk_mb", "size/params", "train/seconds", "train/samples_per_second"]
+
+
+def main() -> int:
+    from mlflow import MlflowClient
+
+    tmp = Path(tempfile.mkdtemp(prefix="effilm-bench-"))
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri, "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "prefect"), "HF_HUB_OFFLINE": "1"}
+    effilm = str(Path(sys.executable).parent / "effilm")
+    cmd = [effilm, "run", "mobile-bert", "--profile", "quick", "--set", f"output_dir={tmp / 'out'}"]
+    first = run(cmd, env, tmp / "first.log")
+    second = run(cmd, env, tmp / "second.log")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("effilm/mobile-bert")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.variant = 'teacher-fp32'",
+                              order_by=["attributes.start_time ASC"])
+    teacher = {k: runs[0].data.metrics.get(k) for k in KEYS}
+    data = {"first_run_seconds": round(first, 1), "second_run_seconds": round(second, 1),
+            "second_over_first": round(second / first, 3), "teacher_fp32": teacher,
+            "targets": {"teacher_accuracy_ge_0.95": teacher["eval/accuracy"] >= 0.95,
+                        "rerun_under_25pct": second / first < 0.25}}
+    rows = "\n".join(f"| `{k}` | {v} |" for k, v in teacher.items())
+    md = (f"`effilm run mobile-bert --profile quick` (cold): **{first:.1f} s**; unchanged re-run: **{second:.1f} s** "
+          f"({100 * second / first:.1f}% of the first; target < 25%).\n\n"
+          f"## teacher-fp32 (MiniLM-L6 fine-tuned on BBC News, test split)\n\n| metric | value |\n|---|---|\n{rows}\n\n"
+          f"Targets: accuracy ≥ 0.95 → {data['targets']['teacher_accuracy_ge_0.95']}; "
+          f"re-run < 25% → {data['targets']['rerun_under_25pct']}.")
+    js, mdp = write_results("quick_profile", data, md)
+    print(mdp.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

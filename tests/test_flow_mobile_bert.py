@@ -1,0 +1,87 @@
+"""End to end: the real mobile-bert flow (Prefect engine, MLflow sqlite store) on a small BBC slice, tiny model."""
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from flows.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def overrides(tiny_model_dir, out):
+    return [
+        f"model.source={tiny_model_dir}", "model.max_length=64", f"output_dir={out}",
+        "data.max_samples=120", "train.max_steps=4", "train.batch_size=8", "train.checkpoint_every=2",
+        "benchmark.seq_len=32", "benchmark.batch_sizes=[1, 4]", "benchmark.iters=3", "benchmark.warmup=1",
+        "benchmark.max_seconds=1",
+    ]
+
+
+def task_states(flow_run_id: str) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+def test_flow_end_to_end_and_cached_rerun(tiny_model_dir, mlflow_uri, tmp_path, capsys):
+    args = ["run", "mobile-bert", "--profile", "quick"]
+    for o in overrides(tiny_model_dir, tmp_path / "out"):
+        args += ["--set", o]
+    assert main(args) == 0
+
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("effilm/mobile-bert")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 1
+    parent, teacher = parents[0], children[0]
+    assert parent.info.status == teacher.info.status == "FINISHED"
+    assert teacher.data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+    tags = teacher.data.tags
+    assert tags["variant"] == "teacher-fp32" and tags["technique"] == "baseline" and tags["case_study"] == "mobile-bert"
+    assert tags["profile"] == "quick" and len(tags["data_fingerprint"]) == 64 and tags["git_sha"]
+    m = teacher.data.metrics
+    for key in ("eval/accuracy", "eval/macro_f1", "bench/latency_ms_p50_b1_t1", "bench/latency_ms_p95_b1_t1",
+                "bench/latency_ms_p50_b4_tall", "bench/throughput_b4", "bench/peak_rss_mb", "size/disk_mb", "size/params"):
+        assert key in m, key
+    assert [p.step for p in client.get_metric_history(teacher.info.run_id, "train/loss")] == [1, 2, 3, 4]
+
+    artifacts = {a.path for a in client.list_artifacts(teacher.info.run_id, "eval")}
+    assert "eval/confusion_matrix.png" in artifacts
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "config")}
+    assert "config/resolved.yaml" in parent_files
+    env_files = {a.path for a in client.list_artifacts(parent.info.run_id, "environment")}
+    assert "environment/requirements-freeze.txt" in env_files
+    assert parent.data.params["train.max_steps"] == "4"
+    assert {d.dataset.name for d in parent.inputs.dataset_inputs} == {"bbc-train", "bbc-val", "bbc-test"}
+
+    # the logged model loads back from MLflow and predicts labels
+    model = mlflow.pyfunc.load_model(f"runs:/{teacher.info.run_id}/model")
+    pred = model.predict(pd.DataFrame({"text": ["Shares rose after the bank's profits beat forecasts."]}))
+    assert pred.loc[0, "label"] in {"business", "entertainment", "politics", "sports", "tech"}
+
+    first_states = task_states(parent.data.tags["prefect_flow_run_id"])
+    assert first_states["fine-tune-teacher"] == "Completed"
+
+    # second run, nothing changed: training, evaluation and benchmark come from Prefect's cache
+    assert main(args) == 0
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    new_parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]
+    states = task_states(new_parent.data.tags["prefect_flow_run_id"])
+    assert states["fine-tune-teacher"] == "Cached" and states["evaluate"] == "Cached" and states["benchmark"] == "Cached"
+    new_teacher = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == new_parent.info.run_id][0]
+    assert new_teacher.data.metrics["eval/accuracy"] == m["eval/accuracy"]
+
+    # a code-relevant input change (more steps) retrains
+    assert main(args + ["--set", "train.max_steps=5"]) == 0
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    third = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]
+    assert task_states(third.data.tags["prefect_flow_run_id"])["fine-tune-teacher"] == "Completed"
+    assert all(r.info.status == "FINISHED" for r in runs)
