@@ -1,6 +1,7 @@
 """Case study 1 — a BERT news classifier made small and fast for mobile.
 
-Recipe: load data -> fine-tune the teacher -> (compress each variant) -> evaluate -> benchmark -> report.
+Recipe: load data -> fine-tune the teacher -> compress each variant -> evaluate -> benchmark -> report -> select
+and register the best variant under the constraints.
 Every step is a Prefect task over a plain function in ``tasks/``; MLflow holds one parent run per flow run and one
 nested run per variant.
 """
@@ -14,7 +15,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import base_tags, call
-from tasks import benchmark, config, data, evaluate, report, tracking, train
+import numpy as np
+
+from tasks import benchmark, compress, config, data, evaluate, report, select, tracking, train
 from tasks.caching import CACHE, work_dir
 
 STUDY = "mobile-bert"
@@ -33,6 +36,11 @@ def fine_tune_teacher(model_cfg: dict, train_cfg: dict, data_info: dict, seed: i
     return train.fine_tune(model_cfg, train_cfg, data_info, seed, work)
 
 
+@task(name="compress", cache_policy=CACHE, persist_result=True)
+def compress_step(model_dir: str, step: dict, context: dict, out_dir: str) -> dict:
+    return {"model_dir": compress.run_step(model_dir, step, context, out_dir)}
+
+
 @task(name="evaluate", cache_policy=CACHE, persist_result=True)
 def evaluate_variant(model_dir: str, data_info: dict, eval_cfg: dict, work: str, variant: str) -> dict:
     return evaluate.evaluate(model_dir, data_info, eval_cfg, work, variant)
@@ -47,7 +55,8 @@ def benchmark_variant(model_dir: str, texts_path: str, bench_cfg: dict, work: st
 
 
 def measure_variant(cfg, parent_run_id: str, data_info: dict, variant: str, technique: str, model_dir: str,
-                    extra_metrics: dict | None = None, extra_tags: dict | None = None) -> dict:
+                    extra_metrics: dict | None = None, extra_tags: dict | None = None,
+                    source_predictions: str | None = None) -> dict:
     """Evaluate + benchmark one model folder and record it as a nested MLflow run."""
     out = Path(cfg.output_dir)
     key = (model_dir, data_info["fingerprint"])
@@ -60,11 +69,26 @@ def measure_variant(cfg, parent_run_id: str, data_info: dict, variant: str, tech
                      bench_cfg=config.slice_dict(cfg.benchmark), work=work_dir(out, "bench", variant, *key,
                                                                                 config.slice_dict(cfg.benchmark)))
         metrics = {**ev["metrics"], **bench["metrics"], **(extra_metrics or {})}
+        if source_predictions:
+            metrics["eval/agreement_with_source"] = float(
+                np.mean(np.load(ev["artifacts"]["predictions"]) == np.load(source_predictions)))
         tracking.log_metrics(run_id, metrics)
         for path in (*ev["artifacts"].values(), *bench["artifacts"].values()):
             tracking.log_artifact(run_id, path, "eval" if not path.endswith("benchmark.json") else "bench")
         tracking.log_model(run_id, model_dir)
-    return {"variant": variant, "technique": technique, "run_id": run_id, "model_dir": model_dir, **metrics}
+    return {"variant": variant, "technique": technique, "run_id": run_id, "model_dir": model_dir,
+            "predictions": ev["artifacts"]["predictions"], **metrics}
+
+
+def build_variant(cfg, variant, source_dir: str, context: dict) -> str:
+    """Apply a variant's steps in order, each a cached Prefect task writing its own folder."""
+    model_dir = source_dir
+    for i, step in enumerate(variant.steps):
+        step_cfg = step.model_dump(mode="json", exclude_none=True)
+        out_dir = work_dir(Path(cfg.output_dir), "variants", variant.name, i, model_dir, step_cfg, context)
+        model_dir = call(compress_step, f"{variant.name}/{step.technique}", model_dir=model_dir, step=step_cfg,
+                         context=context, out_dir=out_dir)["model_dir"]
+    return model_dir
 
 
 @flow(name="mobile-bert", log_prints=True)
@@ -93,20 +117,46 @@ def mobile_bert(profile: str = "quick", overrides: list[str] | None = None, conf
                        data_info=data_info, seed=cfg.seed,
                        work=work_dir(out, "teacher", model_slice, train_slice, data_info["fingerprint"], cfg.seed))
 
-        # 3. measure every variant alike
+        # 3. compress, then measure every variant alike
         results = [measure_variant(cfg, parent, data_info, "teacher-fp32", "baseline", teacher["model_dir"],
                                    extra_metrics={"train/seconds": teacher.get("train_seconds"),
                                                   "train/samples_per_second": teacher.get("samples_per_second")})]
         if teacher.get("losses"):
             tracking.log_metric_history(results[0]["run_id"], "train/loss", teacher["losses"])
+        built = {"teacher": results[0]}
+        context = {"data": data_info, "train": train_slice, "seed": cfg.seed}
+        for variant in cfg.variants:
+            source = built[variant.source]
+            model_dir = build_variant(cfg, variant, source["model_dir"], context)
+            technique = "+".join(s.technique for s in variant.steps)
+            built[variant.name] = measure_variant(
+                cfg, parent, data_info, variant.name, technique, model_dir,
+                extra_tags={"source_variant": source["variant"]}, source_predictions=source["predictions"])
+            results.append(built[variant.name])
 
-        # 4. report
+        # 4. select under constraints, register, report
+        baseline = results[0]["eval/accuracy"]
+        choice = select.select(results, cfg.constraints.model_dump(), baseline, cfg.select.objective)
+        logger.info(choice.message)
+        tracking.set_tags(parent, {"selection": choice.message[:5000]})
+        registered = None
+        if choice.chosen is not None:
+            tracking.set_tags(choice.chosen["run_id"], {"selected": "true"})
+            if cfg.select.register_model:
+                version = select.register(choice.chosen["run_id"], cfg.select.registered_model, cfg.select.alias,
+                                          {"variant": choice.chosen["variant"], "case_study": STUDY})
+                registered = {"name": cfg.select.registered_model, "version": version, "alias": cfg.select.alias}
+                logger.info("registered %s version %s as @%s", cfg.select.registered_model, version, cfg.select.alias)
         tables = report.write_tables(results, out / "report", "effilm mobile-bert: variants")
+        tables["pareto"] = report.pareto_plot(results, out / "report" / "pareto.png", choice.frontier,
+                                              choice.chosen["variant"] if choice.chosen else None)
         for path in tables.values():
             tracking.log_artifact(parent, path, "report")
-        md = Path(tables["markdown"]).read_text()
+        md = Path(tables["markdown"]).read_text() + f"\n\n**Selection**: {choice.message}\n"
         create_markdown_artifact(key="mobile-bert-summary", markdown=md, description="mobile-bert variants")
         create_table_artifact(key="mobile-bert-variants", table=report.rows_for_table(results))
-        tracking.log_metrics(parent, {"flow/seconds": round(time.perf_counter() - started, 2)})
+        tracking.log_metrics(parent, {"flow/seconds": round(time.perf_counter() - started, 2),
+                                      "flow/num_variants": len(results)})
     logger.info("mobile-bert done in %.1fs; MLflow parent run %s\n%s", time.perf_counter() - started, parent, md)
-    return {"parent_run_id": parent, "variants": results, "report": tables}
+    return {"parent_run_id": parent, "variants": results, "report": tables, "selection": choice.message,
+            "selected": choice.chosen["variant"] if choice.chosen else None, "registered": registered}

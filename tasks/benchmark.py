@@ -43,16 +43,20 @@ def _inputs(tokenizer, texts: list[str], batch: int, seq_len: int) -> dict[str, 
 
 @torch.inference_mode()
 def measure(model_dir: str, texts: list[str], cfg: dict) -> dict:
-    from tasks import models
+    from tasks import models, preprocess
 
     t0 = time.perf_counter()
     run, tokenizer, manifest = models.load_for_inference(model_dir)
     load_s = time.perf_counter() - t0
+    texts = preprocess.normalize(texts, manifest.get("preprocess"))
+    supported = getattr(run, "batch_sizes", None)  # e.g. an ExecuTorch program exported for batch 1
     all_threads = os.cpu_count() or 1
     metrics: dict[str, float] = {"bench/load_seconds": round(load_s, 3), "bench/threads_all": all_threads, "bench/seq_len": cfg["seq_len"]}
     for threads in cfg["threads"]:
         torch.set_num_threads(all_threads if threads == "all" else int(threads))
         for batch in cfg["batch_sizes"]:
+            if supported is not None and batch not in supported:
+                continue
             enc = _inputs(tokenizer, texts, batch, cfg["seq_len"])
             ids, mask = enc["input_ids"], enc["attention_mask"]
             for _ in range(cfg["warmup"]):

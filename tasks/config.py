@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -103,6 +103,114 @@ class Constraints(Strict):
     max_accuracy_drop: float | None = Field(None, ge=0, le=1)
 
 
+# ------------------------------------------------------------------------------------------ variants
+
+
+class FinetuneOverrides(Strict):
+    """Overrides of the ``train`` section for a step that trains (unset keys inherit ``train``)."""
+
+    epochs: float | None = Field(None, ge=0)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0, lt=1)
+    batch_size: int | None = Field(None, ge=1)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+
+
+class PreprocessConfig(Strict):
+    lowercase: bool = False
+    strip_punctuation: bool = False
+    remove_stopwords: bool = False
+
+
+class AugmentConfig(Strict):
+    copies: int = Field(1, ge=0, le=10)
+    insert: float = Field(0.1, ge=0, le=1)
+    swap: float = Field(0.1, ge=0, le=1)
+    delete: float = Field(0.1, ge=0, lt=1)
+
+
+LayerKeep = Union[Literal["every_other"], int, list[int]]
+
+
+class QuantizeStep(Strict):
+    technique: Literal["quantize"]
+    linear: bool = True
+    embeddings: bool = False
+
+
+class ExportStep(Strict):
+    technique: Literal["export"]
+    format: Literal["onnx", "pte"]
+    quantize: Literal["int8"] | None = None
+    seq_len: int = Field(128, ge=8)
+
+
+class PruneUnstructuredStep(Strict):
+    technique: Literal["prune_unstructured"]
+    sparsity: float = Field(..., gt=0, lt=1)
+    scope: Literal["global", "layer"] = "global"
+
+
+class PruneStructuredStep(Strict):
+    technique: Literal["prune_structured"]
+    ffn_fraction: float = Field(0.5, ge=0, lt=1)
+    heads_fraction: float = Field(0.0, ge=0, lt=1)
+    importance: Literal["weight", "gradient"] = "gradient"
+    calibration_batches: int = Field(8, ge=1)
+    recovery: FinetuneOverrides = Field(default_factory=lambda: FinetuneOverrides(epochs=1))
+
+
+class LayerReduceStep(Strict):
+    technique: Literal["layer_reduce"]
+    keep: LayerKeep = "every_other"
+    finetune: FinetuneOverrides = Field(default_factory=FinetuneOverrides)
+    preprocess: PreprocessConfig | None = None
+    augment: AugmentConfig | None = None
+
+
+class DistillStep(Strict):
+    technique: Literal["distill"]
+    keep: LayerKeep = "every_other"
+    student: str | None = Field(None, description="a smaller model (same vocabulary) instead of a layer-reduced teacher")
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+    hidden_mse: float = Field(0.0, ge=0)
+    finetune: FinetuneOverrides = Field(default_factory=FinetuneOverrides)
+
+
+class VocabTrimStep(Strict):
+    technique: Literal["vocab_trim"]
+    min_count: int = Field(1, ge=1)
+    corpus: Literal["train"] = "train"
+
+
+class ArchitectureStep(Strict):
+    technique: Literal["architecture"]
+    model: str = Field(..., description="hub id or local folder of a lightweight architecture, fine-tuned like the teacher")
+    finetune: FinetuneOverrides = Field(default_factory=FinetuneOverrides)
+    trust_remote_code: bool = False
+
+
+Step = Annotated[
+    Union[QuantizeStep, ExportStep, PruneUnstructuredStep, PruneStructuredStep, LayerReduceStep, DistillStep,
+          VocabTrimStep, ArchitectureStep],
+    Field(discriminator="technique"),
+]
+
+
+class Variant(Strict):
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    source: str = Field("teacher", description="'teacher' or the name of an earlier variant")
+    steps: list[Step] = Field(..., min_length=1)
+
+
+class SelectConfig(Strict):
+    objective: Literal["latency", "size", "accuracy"] = "latency"
+    registered_model: str = "effilm-mobile-bert"
+    alias: str = "mobile"
+    register_model: bool = True
+
+
 class MobileBertConfig(Strict):
     name: Literal["mobile-bert"] = "mobile-bert"
     experiment: str = "effilm/mobile-bert"
@@ -115,6 +223,19 @@ class MobileBertConfig(Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     constraints: Constraints = Field(default_factory=Constraints)
+    variants: list[Variant] = Field(default_factory=list)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> "MobileBertConfig":
+        seen = {"teacher"}
+        for i, v in enumerate(self.variants):
+            if v.name in seen:
+                raise ValueError(f"variants.{i}.name: duplicate variant name '{v.name}'")
+            if v.source not in seen:
+                raise ValueError(f"variants.{i}.source: '{v.source}' is not 'teacher' or an earlier variant")
+            seen.add(v.name)
+        return self
 
 
 SCHEMAS: dict[str, type[Strict]] = {"mobile-bert": MobileBertConfig}

@@ -11,13 +11,14 @@ import torch
 from tqdm.auto import tqdm
 
 from tasks import data as data_mod
-from tasks import models
+from tasks import models, preprocess
 
 
 @torch.inference_mode()
 def predict(model_dir: str, texts: list[str], batch_size: int = 64, max_length: int | None = None) -> np.ndarray:
     run, tokenizer, manifest = models.load_for_inference(model_dir)
     max_length = max_length or manifest.get("max_length", 128)
+    texts = preprocess.normalize(texts, manifest.get("preprocess"))
     preds = []
     for i in tqdm(range(0, len(texts), batch_size), desc="evaluate", unit="batch", mininterval=2.0, leave=False):
         enc = models.encode(tokenizer, texts[i : i + batch_size], max_length)
@@ -61,6 +62,17 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
+def token_stats(model_dir: str, texts: list[str]) -> dict:
+    """Mean token count (before truncation) and truncated fraction of the texts as this model sees them."""
+    from transformers import AutoTokenizer
+
+    manifest = models.read_manifest(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    lengths = [len(ids) for ids in tok(preprocess.normalize(texts, manifest.get("preprocess")))["input_ids"]]
+    limit = manifest.get("max_length", 128)
+    return {"eval/mean_tokens": float(np.mean(lengths)), "eval/truncated_fraction": float(np.mean([n > limit for n in lengths]))}
+
+
 def evaluate(model_dir: str, data: dict, eval_cfg: dict, work_dir: str, variant: str = "model") -> dict:
     """-> {"metrics": {...}, "artifacts": {name: path}} (predictions saved for agreement checks)."""
     out = Path(work_dir)
@@ -74,6 +86,7 @@ def evaluate(model_dir: str, data: dict, eval_cfg: dict, work_dir: str, variant:
     seconds = time.perf_counter() - t0
     metrics, per_class, cm = classification_metrics(y_true, y_pred.tolist(), labels)
     metrics["eval/seconds"] = round(seconds, 3)
+    metrics.update(token_stats(model_dir, test["text"].tolist()))
     metrics["eval/num_samples"] = len(y_true)
     cm_path = out / "confusion_matrix.png"
     plot_confusion(cm, labels, cm_path, f"{variant}: accuracy {metrics['eval/accuracy']:.3f}")

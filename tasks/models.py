@@ -98,37 +98,139 @@ def read_manifest(model_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+class atomic_dir:
+    """``with atomic_dir(out) as tmp:`` write into ``<out>.partial``; renamed to ``out`` only on success, so an
+    interrupted write never leaves a folder that looks complete."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.tmp = self.out.with_name(self.out.name + ".partial")
+
+    def __enter__(self) -> Path:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        shutil.rmtree(self.out, ignore_errors=True)
+        self.tmp.rename(self.out)
+
+
 def save_hf(model, tokenizer, out_dir: str | Path, **manifest) -> str:
-    """Save atomically: write into ``<out>.partial`` then rename, so a killed save never looks complete."""
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    manifest.setdefault("format", "hf")
-    write_manifest(tmp, **manifest)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return str(out)
+    """Save a classifier folder atomically (safetensors); records a non-standard structure when pruned."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        manifest.setdefault("format", "hf")
+        structure = structure_of(model)
+        cfg = model.config
+        uniform = structure is None or all(
+            st == {"heads": cfg.num_attention_heads, "intermediate": cfg.intermediate_size} for st in structure)
+        manifest["structure"] = None if uniform else structure
+        manifest.setdefault("params", count_params(model))
+        write_manifest(tmp, **manifest)
+    return str(out_dir)
+
+
+def encoder_layers(model) -> list:
+    """The transformer blocks of a BERT-style classifier."""
+    base = getattr(model, model.base_model_prefix)
+    return list(base.encoder.layer)
+
+
+def structure_of(model) -> list[dict] | None:
+    """Per-layer kept attention heads and FFN width (differs from the config after structured pruning);
+    None for architectures without BERT's layout."""
+    try:
+        layers = encoder_layers(model)
+        layers[0].attention.self.query, layers[0].intermediate.dense
+    except (AttributeError, IndexError):
+        return None
+    out = []
+    for layer in layers:
+        att = layer.attention.self
+        out.append({"heads": att.query.out_features // att.attention_head_size, "intermediate": layer.intermediate.dense.out_features})
+    return out
+
+
+def apply_structure(model, structure: list[dict]) -> None:
+    """Resize attention and FFN projections to ``structure`` (weights are loaded afterwards)."""
+    import torch.nn as nn
+
+    layers = encoder_layers(model)
+    if len(structure) != len(layers):
+        raise ValueError(f"structure has {len(structure)} layers, model has {len(layers)}")
+    for layer, st in zip(layers, structure):
+        att = layer.attention.self
+        width = st["heads"] * att.attention_head_size
+        hidden = att.query.in_features
+        for name in ("query", "key", "value"):
+            setattr(att, name, nn.Linear(hidden, width))
+        att.num_attention_heads, att.all_head_size = st["heads"], width
+        layer.attention.output.dense = nn.Linear(width, hidden)
+        layer.intermediate.dense = nn.Linear(hidden, st["intermediate"])
+        layer.output.dense = nn.Linear(st["intermediate"], hidden)
+
+
+def load_hf_model(model_dir: str | Path, manifest: dict | None = None):
+    """Load a (possibly structurally pruned) classifier from a model folder, safetensors only."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    manifest = manifest if manifest is not None else read_manifest(model_dir)
+    if not manifest.get("structure"):
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+    config = AutoConfig.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_config(config)
+    apply_structure(model, manifest["structure"])
+    state = load_file(Path(model_dir) / "model.safetensors")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+    if missing or unexpected:
+        raise ValueError(f"{model_dir}: weights do not match the saved structure (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval()
+
+
+def _hf_runner(model_dir: str | Path, manifest: dict):
+    model = load_hf_model(model_dir, manifest)
+
+    def run(input_ids, attention_mask):
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    run.model = model
+    return run
+
+
+def _loaders() -> dict:
+    from tasks import export, prune, quantize
+
+    return {"hf": _hf_runner, "hf-sparse": prune.load_sparse_runner, "int8": quantize.load_int8_runner,
+            "onnx": export.load_onnx_runner, "pte": export.load_pte_runner}
 
 
 def load_for_inference(model_dir: str | Path):
-    """-> (callable(input_ids, attention_mask) -> logits, tokenizer, manifest)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """-> (callable(input_ids, attention_mask) -> logits, tokenizer, manifest), whatever the folder's format."""
+    from transformers import AutoTokenizer
 
     manifest = read_manifest(model_dir)
     fmt = manifest.get("format", "hf")
+    loaders = _loaders()
+    if fmt not in loaders:
+        raise ValueError(f"{model_dir}: unknown model format '{fmt}' in {MANIFEST}; known: {', '.join(loaders)}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if fmt == "hf":
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+    return loaders[fmt](model_dir, manifest), tokenizer, manifest
 
-        def run(input_ids, attention_mask):
-            return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
-        run.model = model
-        return run, tokenizer, manifest
-    raise ValueError(f"{model_dir}: unknown model format '{fmt}' in {MANIFEST}")
+def copy_tokenizer_files(src: str | Path, dst: str | Path) -> None:
+    """Copy tokenizer/config side files (not weights) from one model folder to another."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in Path(src).iterdir():
+        if p.is_file() and p.suffix in (".json", ".txt", ".model") and p.name != MANIFEST:
+            shutil.copy2(p, dst / p.name)
 
 
 def weight_files(model_dir: str | Path) -> list[Path]:

@@ -17,6 +17,7 @@ COLUMNS = [
     ("bench/peak_rss_mb", "peak RSS MB"),
     ("size/disk_mb", "disk MB"),
     ("size/params", "params"),
+    ("eval/agreement_with_source", "agrees w/ source"),
 ]
 
 
@@ -53,3 +54,45 @@ def write_tables(results: list[dict], out_dir: str | Path, title: str) -> dict[s
         w.writeheader()
         w.writerows(results)
     return {"markdown": str(md), "csv": str(csv_path)}
+
+
+def pareto_plot(results: list[dict], path: str | Path, frontier: list[str] | None = None, chosen: str | None = None,
+                title: str = "accuracy vs latency (marker area = size on disk)") -> str:
+    """Accuracy vs p50 latency (batch 1, 1 thread); marker size = file size; frontier joined; choice ringed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r.get("bench/latency_ms_p50_b1_t1") is not None and r.get("eval/accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    max_mb = max((r.get("size/disk_mb") or 1) for r in rows) if rows else 1
+    techniques = sorted({r.get("technique", "") for r in rows})
+    cmap = plt.get_cmap("tab10")
+    for i, tech in enumerate(techniques):
+        sel = [r for r in rows if r.get("technique", "") == tech]
+        ax.scatter([r["bench/latency_ms_p50_b1_t1"] for r in sel], [r["eval/accuracy"] for r in sel],
+                   s=[40 + 900 * (r.get("size/disk_mb") or 0) / max_mb for r in sel], alpha=0.6, color=cmap(i % 10),
+                   label=tech, edgecolors="black", linewidths=0.5)
+    for r in rows:
+        ax.annotate(f"{r['variant']} ({r.get('size/disk_mb', 0):.0f} MB)", (r["bench/latency_ms_p50_b1_t1"], r["eval/accuracy"]),
+                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if frontier:
+        front = sorted((r for r in rows if r["variant"] in frontier), key=lambda r: r["bench/latency_ms_p50_b1_t1"])
+        ax.plot([r["bench/latency_ms_p50_b1_t1"] for r in front], [r["eval/accuracy"] for r in front], "k--", lw=1,
+                label="feasible Pareto frontier")
+    if chosen:
+        for r in rows:
+            if r["variant"] == chosen:
+                ax.scatter([r["bench/latency_ms_p50_b1_t1"]], [r["eval/accuracy"]], s=600, facecolors="none",
+                           edgecolors="red", linewidths=2, label=f"selected: {chosen}")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency, batch 1, 1 thread (ms, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)

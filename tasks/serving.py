@@ -23,6 +23,9 @@ class EffilmClassifier(mlflow.pyfunc.PythonModel):
             texts = [model_input]
         else:
             texts = [str(t) for t in model_input]
+        from tasks.preprocess import normalize
+
+        texts = normalize(texts, self._manifest.get("preprocess"))
         labels = self._manifest["labels"]
         with torch.inference_mode():
             enc = models.encode(self._tokenizer, texts, self._manifest.get("max_length", 128))

@@ -1,0 +1,31 @@
+"""The compression table: technique name -> ``compress(model_dir, cfg) -> model_dir``.
+
+Every technique has the same shape, so a flow loops over variants without knowing their insides. ``cfg`` is the
+step's own settings plus the shared context the flow passes (``data``, ``train``, ``seed``, ``out_dir``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from tasks import architectures, distill, export, layers, prune, quantize, vocab
+
+TECHNIQUES: dict[str, Callable[[str, dict], str]] = {
+    "quantize": quantize.compress,
+    "export": export.compress,
+    "prune_unstructured": prune.compress_unstructured,
+    "prune_structured": prune.compress_structured,
+    "layer_reduce": layers.compress,
+    "distill": distill.compress,
+    "vocab_trim": vocab.compress,
+    "architecture": architectures.compress,
+}
+
+
+def run_step(model_dir: str, step: dict, context: dict, out_dir: str) -> str:
+    """Apply one configured step. Returns the new model folder (written atomically)."""
+    technique = step["technique"]
+    if technique not in TECHNIQUES:
+        raise ValueError(f"unknown technique {technique!r}; known: {', '.join(TECHNIQUES)}")
+    cfg = {**context, **{k: v for k, v in step.items() if k != "technique"}, "out_dir": out_dir}
+    return TECHNIQUES[technique](model_dir, cfg)

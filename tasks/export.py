@@ -1,0 +1,183 @@
+"""Export to real runtimes: ONNX (run by ONNX Runtime, optionally int8) and ExecuTorch ``.pte`` (XNNPACK delegate,
+optionally int8 through the PT2E XNNPACK quantizer) — the mobile runtime.
+
+    compress(model_dir, cfg) -> model_dir    cfg: {"format": "onnx" | "pte", "quantize": None | "int8", "seq_len": 128}
+
+Both exports trace :class:`ClassifierGraph`, a plain forward of a BERT classifier (embeddings -> blocks with an
+additive mask -> pooler -> head) that matches the eager model and avoids transformers' mask builder, which the
+PT2E quantizer cannot trace. The runners in this file are what ``tasks.models.load_for_inference`` returns, so
+exported files are evaluated and benchmarked *in their runtime* exactly like eager models.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tasks import models
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierGraph(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        base = getattr(model, model.base_model_prefix)
+        self.embeddings, self.layers, self.pooler = base.embeddings, base.encoder.layer, base.pooler
+        self.classifier = model.classifier
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.embeddings(input_ids=input_ids)
+        mask = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * -10000.0
+        for layer in self.layers:
+            h = layer(h, mask)
+        return self.classifier(self.pooler(h))
+
+
+def _example(tokenizer, seq_len: int, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tokenizer(["effilm export example text"] * batch, padding="max_length", max_length=seq_len,
+                    truncation=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _fp32_model(model_dir: str):
+    manifest = models.read_manifest(model_dir)
+    if manifest.get("format", "hf") != "hf":
+        raise ValueError(f"export needs an fp32 'hf' model folder (quantization happens in the target runtime), got {manifest.get('format')!r}")
+    return models.load_hf_model(model_dir, manifest), manifest
+
+
+def export_onnx(model_dir: str, cfg: dict) -> str:
+    from transformers import AutoTokenizer
+
+    model, manifest = _fp32_model(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    graph = ClassifierGraph(model).eval()
+    ids, mask = _example(tokenizer, cfg.get("seq_len", 128))
+    with models.atomic_dir(cfg["out_dir"]) as tmp:
+        fp32 = tmp / "model.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, (ids, mask), str(fp32), input_names=["input_ids", "attention_mask"],
+                              output_names=["logits"], opset_version=17, dynamo=False,
+                              dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                                            "logits": {0: "batch"}})
+        if cfg.get("quantize") == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            q = tmp / "model.int8.onnx"
+            quantize_dynamic(str(fp32), str(q), weight_type=QuantType.QInt8, per_channel=cfg.get("per_channel", True))
+            fp32.unlink()
+            q.rename(fp32)
+        tokenizer.save_pretrained(tmp)
+        model.config.save_pretrained(tmp)
+        models.write_manifest(tmp, format="onnx", quantize=cfg.get("quantize"), labels=manifest["labels"],
+                              max_length=manifest.get("max_length", 128), params=models.count_params(model),
+                              preprocess=manifest.get("preprocess"), exported_from=str(model_dir))
+    return cfg["out_dir"]
+
+
+def export_pte(model_dir: str, cfg: dict) -> str:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from transformers import AutoTokenizer
+
+    model, manifest = _fp32_model(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    seq_len = cfg.get("seq_len", 128)
+    graph = ClassifierGraph(model).eval()
+    example = _example(tokenizer, seq_len)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if cfg.get("quantize") == "int8":
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer, get_symmetric_quantization_config)
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            quantizer = XNNPACKQuantizer()
+            # Linear layers only: the embedding lookups must stay out of the quantized graph.
+            quantizer.set_module_type(nn.Linear, get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+            gm = torch.export.export(copy.deepcopy(graph), example).module()
+            gm = prepare_pt2e(gm, quantizer)
+            gm(*example)
+            graph = convert_pt2e(gm)
+        program = to_edge_transform_and_lower(torch.export.export(graph, example), partitioner=[XnnpackPartitioner()]).to_executorch()
+    with models.atomic_dir(cfg["out_dir"]) as tmp:
+        (tmp / "model.pte").write_bytes(program.buffer)
+        tokenizer.save_pretrained(tmp)
+        model.config.save_pretrained(tmp)
+        models.write_manifest(tmp, format="pte", quantize=cfg.get("quantize"), labels=manifest["labels"],
+                              max_length=seq_len, seq_len=seq_len, batch=1, params=models.count_params(model),
+                              preprocess=manifest.get("preprocess"), exported_from=str(model_dir))
+    return cfg["out_dir"]
+
+
+def compress(model_dir: str, cfg: dict) -> str:
+    fmt = cfg.get("format", "onnx")
+    if fmt == "onnx":
+        return export_onnx(model_dir, cfg)
+    if fmt == "pte":
+        return export_pte(model_dir, cfg)
+    raise ValueError(f"unknown export format {fmt!r}; use onnx or pte")
+
+
+# --------------------------------------------------------------------------------------------- runners
+
+
+def load_onnx_runner(model_dir: str | Path, manifest: dict):
+    import onnxruntime as ort
+
+    sessions: dict[int, ort.InferenceSession] = {}
+    path = str(Path(model_dir) / "model.onnx")
+
+    def session() -> ort.InferenceSession:
+        threads = torch.get_num_threads()
+        if threads not in sessions:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            sessions[threads] = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        return sessions[threads]
+
+    session()
+
+    def run(input_ids, attention_mask):
+        out = session().run(["logits"], {"input_ids": input_ids.numpy().astype(np.int64),
+                                         "attention_mask": attention_mask.numpy().astype(np.int64)})[0]
+        return torch.from_numpy(out)
+
+    return run
+
+
+def load_pte_runner(model_dir: str | Path, manifest: dict):
+    """ExecuTorch runtime (XNNPACK). The program has a static (1, seq_len) input: batches run row by row."""
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(Path(model_dir) / "model.pte").load_method("forward")
+    seq_len = manifest["seq_len"]
+    state = {"threads": None}
+
+    def run(input_ids, attention_mask):
+        threads = torch.get_num_threads()
+        if state["threads"] != threads:
+            portable_lib._unsafe_reset_threadpool(threads)
+            state["threads"] = threads
+        outs = []
+        for ids, mask in zip(input_ids, attention_mask):
+            n = ids.shape[0]
+            if n < seq_len:
+                ids = torch.nn.functional.pad(ids, (0, seq_len - n))
+                mask = torch.nn.functional.pad(mask, (0, seq_len - n))
+            outs.append(method.execute((ids[None, :seq_len].long(), mask[None, :seq_len].long()))[0])
+        return torch.cat(outs)
+
+    run.batch_sizes = [1]
+    return run

@@ -1,0 +1,62 @@
+"""Layer reduction: keep k of the N encoder layers (e.g. every other one), then fine-tune.
+
+    compress(model_dir, cfg) -> model_dir     cfg: {"keep": [0, 2, 4] | "every_other" | k, "finetune": {...}}
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from tasks import data as data_mod
+from tasks import models, preprocess, train
+
+
+def keep_indices(n_layers: int, keep) -> list[int]:
+    if keep == "every_other":
+        return list(range(0, n_layers, 2))
+    if isinstance(keep, int):
+        if not 1 <= keep <= n_layers:
+            raise ValueError(f"keep={keep}: must be between 1 and {n_layers}")
+        step = n_layers / keep  # spread k layers evenly, always keeping the first
+        return sorted({int(i * step) for i in range(keep)})
+    idx = sorted(set(int(i) for i in keep))
+    if not idx or idx[0] < 0 or idx[-1] >= n_layers:
+        raise ValueError(f"keep={keep}: layer indices must be within 0..{n_layers - 1}")
+    return idx
+
+
+def drop_layers(model: nn.Module, keep) -> list[int]:
+    """Keep only the given encoder layers (in place); updates the config. Returns the kept indices."""
+    base = getattr(model, model.base_model_prefix)
+    layers = base.encoder.layer
+    idx = keep_indices(len(layers), keep)
+    base.encoder.layer = nn.ModuleList([layers[i] for i in idx])
+    model.config.num_hidden_layers = len(idx)
+    return idx
+
+
+def finetune_model(model, tokenizer, manifest: dict, cfg: dict, work: str, loss_fn=None, desc: str = "fine-tune") -> dict:
+    """Fine-tune on the training split, with the step's normalization and augmentation applied."""
+    labels = manifest["labels"]
+    df = data_mod.load_split(cfg["data"]["paths"]["train"])
+    texts, ys = preprocess.augment(df["text"].tolist(), [labels.index(l) for l in df["label"]], cfg.get("augment"), cfg.get("seed", 0))
+    texts = preprocess.normalize(texts, cfg.get("preprocess") or manifest.get("preprocess"))
+    train_cfg = {**cfg["train"], **(cfg.get("finetune") or {})}
+    return train.train_loop(model, tokenizer, texts, ys, train_cfg, cfg.get("seed", 0), manifest.get("max_length", 128),
+                            work, loss_fn=loss_fn, desc=desc)
+
+
+def compress(model_dir: str, cfg: dict) -> str:
+    from transformers import AutoTokenizer
+
+    manifest = models.read_manifest(model_dir)
+    model = models.load_hf_model(model_dir, manifest)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    kept = drop_layers(model, cfg.get("keep", "every_other"))
+    stats = {}
+    if (cfg.get("finetune") or {}).get("epochs", 1):
+        stats = finetune_model(model, tokenizer, manifest, cfg, cfg["out_dir"] + ".work", desc=f"fine-tune {len(kept)} layers")
+    keep = {k: manifest.get(k) for k in ("labels", "max_length", "source")}
+    keep["preprocess"] = cfg.get("preprocess") or manifest.get("preprocess")
+    return models.save_hf(model.cpu(), tokenizer, cfg["out_dir"], **keep, kept_layers=kept, reduced_from=str(model_dir),
+                          train={k: v for k, v in stats.items() if k != "losses"})
