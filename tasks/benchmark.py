@@ -41,48 +41,73 @@ def _inputs(tokenizer, texts: list[str], batch: int, seq_len: int) -> dict[str, 
     return tokenizer(chosen, truncation=True, max_length=seq_len, padding="max_length", return_tensors="pt")
 
 
+def current_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 @torch.inference_mode()
-def measure(model_dir: str, texts: list[str], cfg: dict) -> dict:
+def measure(model_dir: str, texts: list[str], cfg: dict, rounds: int = 3) -> dict:
+    """Latency per (threads, batch) setting. Settings are timed round-robin in ``rounds`` rounds and the samples
+    pooled, so a transient disturbance on the machine spreads over all settings instead of skewing one."""
     from tasks import models, preprocess
 
+    rss_before = current_rss_mb()
     t0 = time.perf_counter()
     run, tokenizer, manifest = models.load_for_inference(model_dir)
     load_s = time.perf_counter() - t0
     texts = preprocess.normalize(texts, manifest.get("preprocess"))
     supported = getattr(run, "batch_sizes", None)  # e.g. an ExecuTorch program exported for batch 1
+    thread_settings = getattr(run, "thread_settings", None)  # e.g. ExecuTorch: one threadpool size per process
     all_threads = os.cpu_count() or 1
-    metrics: dict[str, float] = {"bench/load_seconds": round(load_s, 3), "bench/threads_all": all_threads, "bench/seq_len": cfg["seq_len"]}
+    metrics: dict[str, float] = {"bench/load_seconds": round(load_s, 3), "bench/threads_all": all_threads,
+                                 "bench/seq_len": manifest.get("seq_len", cfg["seq_len"]), "bench/model_rss_mb": round(current_rss_mb() - rss_before, 1)}
+    settings = []
     for threads in cfg["threads"]:
-        torch.set_num_threads(all_threads if threads == "all" else int(threads))
+        n_threads = all_threads if threads == "all" else int(threads)
+        if thread_settings is not None and n_threads not in thread_settings:
+            continue
         for batch in cfg["batch_sizes"]:
             if supported is not None and batch not in supported:
                 continue
             enc = _inputs(tokenizer, texts, batch, cfg["seq_len"])
-            ids, mask = enc["input_ids"], enc["attention_mask"]
-            for _ in range(cfg["warmup"]):
-                run(ids, mask)
-            times = []
+            settings.append({"threads": threads, "n": n_threads, "batch": batch, "ids": enc["input_ids"],
+                             "mask": enc["attention_mask"], "times": []})
+    per_round = max(1, -(-cfg["iters"] // rounds))
+    for r in range(rounds):
+        for st in settings:
+            torch.set_num_threads(st["n"])
+            for _ in range(cfg["warmup"] if r == 0 else 1):
+                run(st["ids"], st["mask"])
             start = time.perf_counter()
-            while len(times) < cfg["iters"] and (len(times) < 3 or time.perf_counter() - start < cfg["max_seconds"]):
+            done = 0
+            while done < per_round and (done < 1 or time.perf_counter() - start < cfg["max_seconds"] / rounds):
                 t = time.perf_counter()
-                run(ids, mask)
-                times.append((time.perf_counter() - t) * 1000)
-            tag = f"b{batch}_{thread_tag(threads)}"
-            times.sort()
-            metrics[f"bench/latency_ms_p50_{tag}"] = round(statistics.median(times), 3)
-            metrics[f"bench/latency_ms_p95_{tag}"] = round(times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))], 3)
-            metrics[f"bench/throughput_{tag}"] = round(batch * 1000 / statistics.mean(times), 2)
-            metrics[f"bench/iters_{tag}"] = len(times)
+                run(st["ids"], st["mask"])
+                st["times"].append((time.perf_counter() - t) * 1000)
+                done += 1
+    for st in settings:
+        times = sorted(st["times"])
+        tag = f"b{st['batch']}_{thread_tag(st['threads'])}"
+        metrics[f"bench/latency_ms_p50_{tag}"] = round(statistics.median(times), 3)
+        metrics[f"bench/latency_ms_p95_{tag}"] = round(times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))], 3)
+        metrics[f"bench/throughput_{tag}"] = round(st["batch"] * 1000 / statistics.mean(times), 2)
+        metrics[f"bench/iters_{tag}"] = len(times)
     big = max(cfg["batch_sizes"])
     if f"bench/throughput_b{big}_tall" in metrics:
         metrics[f"bench/throughput_b{big}"] = metrics[f"bench/throughput_b{big}_tall"]
     metrics["bench/peak_rss_mb"] = peak_rss_mb()
     metrics["size/disk_mb"] = round(models.disk_size_mb(model_dir), 3)
     model = getattr(run, "model", None)
-    if isinstance(model, torch.nn.Module):
-        metrics["size/params"] = models.count_params(model)
-    elif "params" in manifest:
+    if manifest.get("params"):  # recorded before quantization/export: what the architecture holds
         metrics["size/params"] = manifest["params"]
+    elif isinstance(model, torch.nn.Module):
+        metrics["size/params"] = models.count_params(model)
     return metrics
 
 
@@ -112,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     texts = pd.read_parquet(a.texts)["text"].tolist()[:256]
+    from tasks.models import read_manifest
+
+    if read_manifest(a.model_dir).get("format") == "pte":  # ExecuTorch: threadpool sized once, at load: 1 thread
+        torch.set_num_threads(1)
     metrics = measure(a.model_dir, texts, json.loads(a.config))
     tmp = Path(a.out).with_suffix(".tmp")
     tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -23,7 +23,14 @@ TECHNIQUES: dict[str, Callable[[str, dict], str]] = {
 
 
 def run_step(model_dir: str, step: dict, context: dict, out_dir: str) -> str:
-    """Apply one configured step. Returns the new model folder (written atomically)."""
+    """Apply one configured step. Returns the new model folder (written atomically). The folder is named by the
+    step's inputs, so a complete one from an earlier (or killed) run is reused instead of recomputed."""
+    from pathlib import Path
+
+    from tasks.models import MANIFEST
+
+    if (Path(out_dir) / MANIFEST).is_file():  # folders are written atomically: a manifest means complete
+        return out_dir
     technique = step["technique"]
     if technique not in TECHNIQUES:
         raise ValueError(f"unknown technique {technique!r}; known: {', '.join(TECHNIQUES)}")

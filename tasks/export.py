@@ -161,15 +161,15 @@ def load_pte_runner(model_dir: str | Path, manifest: dict):
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
+    # XNNPACK's threadpool is process-wide; resizing it once a program has run crashed the process here, so it is
+    # sized once, before loading, to torch's thread count (the benchmark sets 1 thread first: the mobile setting).
+    threads = torch.get_num_threads()
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
     method = Runtime.get().load_program(Path(model_dir) / "model.pte").load_method("forward")
     seq_len = manifest["seq_len"]
-    state = {"threads": None}
 
     def run(input_ids, attention_mask):
-        threads = torch.get_num_threads()
-        if state["threads"] != threads:
-            portable_lib._unsafe_reset_threadpool(threads)
-            state["threads"] = threads
         outs = []
         for ids, mask in zip(input_ids, attention_mask):
             n = ids.shape[0]
@@ -180,4 +180,5 @@ def load_pte_runner(model_dir: str | Path, manifest: dict):
         return torch.cat(outs)
 
     run.batch_sizes = [1]
+    run.thread_settings = [threads]
     return run

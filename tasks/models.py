@@ -180,7 +180,8 @@ def load_hf_model(model_dir: str | Path, manifest: dict | None = None):
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    manifest = manifest if manifest is not None else read_manifest(model_dir)
+    if manifest is None:  # a plain Hugging Face folder (no effilm.json) is fine too
+        manifest = read_manifest(model_dir) if (Path(model_dir) / MANIFEST).is_file() else {}
     if not manifest.get("structure"):
         return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
     config = AutoConfig.from_pretrained(model_dir)

@@ -15,7 +15,7 @@ def overrides(tiny_model_dir, out):
         f"model.source={tiny_model_dir}", "model.max_length=64", f"output_dir={out}",
         "data.max_samples=120", "train.max_steps=4", "train.batch_size=8", "train.checkpoint_every=2",
         "benchmark.seq_len=32", "benchmark.batch_sizes=[1, 4]", "benchmark.iters=3", "benchmark.warmup=1",
-        "benchmark.max_seconds=1",
+        "benchmark.max_seconds=1", "variants=[]",
     ]
 
 
@@ -85,3 +85,46 @@ def test_flow_end_to_end_and_cached_rerun(tiny_model_dir, mlflow_uri, tmp_path, 
     third = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]
     assert task_states(third.data.tags["prefect_flow_run_id"])["fine-tune-teacher"] == "Completed"
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+VARIANTS = ("[{name: int8, steps: [{technique: quantize, embeddings: true}]},"
+            " {name: l1-50, steps: [{technique: prune_unstructured, sparsity: 0.5}]},"
+            " {name: onnx8, steps: [{technique: export, format: onnx, quantize: int8}]},"
+            " {name: one-layer, steps: [{technique: layer_reduce, keep: 1, finetune: {max_steps: 2}}]},"
+            " {name: one-layer-int8, source: one-layer, steps: [{technique: quantize}]}]")
+
+
+def test_flow_variants_selection_and_registry(tiny_model_dir, mlflow_uri, tmp_path):
+    from flows.mobile_bert import mobile_bert
+
+    sets = overrides(tiny_model_dir, tmp_path / "out") + [
+        f"variants={VARIANTS}", "constraints.max_latency_ms=10000", "constraints.max_size_mb=10000",
+        "constraints.max_accuracy_drop=1.0", "select.objective=size"]
+    result = mobile_bert(profile="quick", overrides=sets)
+    names = [r["variant"] for r in result["variants"]]
+    assert names == ["teacher-fp32", "int8", "l1-50", "onnx8", "one-layer", "one-layer-int8"]
+    by = {r["variant"]: r for r in result["variants"]}
+    for r in result["variants"]:
+        assert {"eval/accuracy", "bench/latency_ms_p50_b1_t1", "size/disk_mb"} <= set(r), r["variant"]
+    assert by["int8"]["technique"] == "quantize" and 0 <= by["int8"]["eval/agreement_with_source"] <= 1
+    assert by["int8"]["size/disk_mb"] < by["teacher-fp32"]["size/disk_mb"]
+    # the smallest variant wins under the size objective, and is registered as @mobile
+    smallest = min(result["variants"], key=lambda r: r["size/disk_mb"])
+    assert result["selected"] == smallest["variant"]
+    client = MlflowClient(mlflow_uri)
+    mv = client.get_model_version_by_alias("effilm-mobile-bert", "mobile")
+    assert mv.run_id == smallest["run_id"]
+    loaded = mlflow.pyfunc.load_model("models:/effilm-mobile-bert@mobile")
+    assert len(loaded.predict(pd.DataFrame({"text": ["a football match", "a new phone"]}))) == 2
+    parent = client.get_run(result["parent_run_id"])
+    assert "report/pareto.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    child = client.get_run(by["one-layer-int8"]["run_id"])
+    assert child.data.tags["source_variant"] == "one-layer" and child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+    # impossible constraints: nothing registered, the message names the nearest variants and the misses
+    impossible = sets[:-4] + ["constraints.max_latency_ms=0.001", "constraints.max_size_mb=0.001"]
+    again = mobile_bert(profile="quick", overrides=impossible)
+    assert again["selected"] is None and again["registered"] is None
+    tag = client.get_run(again["parent_run_id"]).data.tags["selection"]
+    assert "no variant meets the constraints" in tag and "over by" in tag
+    assert len(client.search_model_versions("name = 'effilm-mobile-bert'")) == 1

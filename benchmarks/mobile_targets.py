@@ -1,0 +1,154 @@
+"""Case study 1 targets, measured on the quick profile (MiniLM teacher, BBC test split, this machine).
+
+    python benchmarks/mobile_targets.py            # reads the latest mobile-bert flow run from the MLflow store
+    python benchmarks/mobile_targets.py --run      # runs `effilm run mobile-bert --profile quick` first
+    python benchmarks/mobile_targets.py --int8-paths   # also times torchao+torch.compile beside the other int8 paths
+
+Writes benchmarks/results/mobile_targets.{json,md}. Targets (from the issue), all at batch 1, 1 thread, 128 tokens:
+best mobile candidate >= 4x faster and >= 4x smaller than the fp32 teacher with <= 1 point accuracy drop; our int8
+path no slower than ONNX Runtime int8 of the same model; 50% FFN structured pruning >= 1.4x faster with <= 1 point
+drop; 3-layer distilled student >= 1.8x faster with >= 98% of the teacher's accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from common import ROOT, run, write_results
+
+LAT, SIZE, ACC = "bench/latency_ms_p50_b1_t1", "size/disk_mb", "eval/accuracy"
+
+
+def latest_variants(uri: str) -> tuple[str, dict[str, dict]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("effilm/mobile-bert")
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.variant = 'parent' and attributes.status = 'FINISHED'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    parent = parents[0]
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  max_results=500)
+    rows = {}
+    for c in children:
+        rows[c.data.tags["variant"]] = {**c.data.metrics, "technique": c.data.tags.get("technique"),
+                                        "selected": c.data.tags.get("selected") == "true", "run_id": c.info.run_id}
+    return parent.info.run_id, rows | {"_selection": {"message": parent.data.tags.get("selection", "")}}
+
+
+def int8_paths(model_dir: str, seq_len: int = 128, iters: int = 30) -> dict:
+    """torch fp32, torch dynamic int8 (ours, from our int8 folder), torchao int8 + torch.compile, ORT int8."""
+    import copy
+    import statistics
+    import tempfile
+
+    import torch
+
+    from tasks import export, models, quantize
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="int8paths-"))
+    runners = {
+        "torch fp32 (eager)": models.load_for_inference(model_dir)[0],
+        "ours: int8 safetensors -> fbgemm dynamic int8": models.load_for_inference(
+            quantize.compress(model_dir, {"embeddings": False, "out_dir": str(tmp / "q")}))[0],
+        "ONNX Runtime int8 (dynamic, per-channel)": models.load_for_inference(
+            export.compress(model_dir, {"format": "onnx", "quantize": "int8", "out_dir": str(tmp / "o")}))[0],
+    }
+    tok = models.load_for_inference(model_dir)[1]
+    enc = tok(["The company said profits rose sharply in the third quarter. " * 20], truncation=True,
+              max_length=seq_len, padding="max_length", return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    out = {}
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        m = copy.deepcopy(models.load_hf_model(model_dir))
+        quantize_(m, Int8DynamicActivationInt8WeightConfig())
+        compiled = torch.compile(m)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            compiled(input_ids=ids, attention_mask=mask)
+        out["torchao int8 + torch.compile: compile seconds"] = round(time.perf_counter() - t0, 1)
+        runners["torchao int8 + torch.compile"] = lambda a, b: compiled(input_ids=a, attention_mask=b).logits
+    except Exception as exc:  # report, don't hide
+        out["torchao int8 + torch.compile: error"] = f"{type(exc).__name__}: {exc}"[:300]
+    with torch.inference_mode():
+        for name, fn in runners.items():
+            for _ in range(3):
+                fn(ids, mask)
+            times = []
+            for _ in range(iters):
+                t = time.perf_counter()
+                fn(ids, mask)
+                times.append((time.perf_counter() - t) * 1000)
+            out[name] = round(statistics.median(times), 2)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", action="store_true", help="run the quick profile first (about 15 minutes here)")
+    ap.add_argument("--int8-paths", action="store_true")
+    a = ap.parse_args()
+    from tasks.tracking import tracking_uri
+
+    os.chdir(ROOT)
+    uri = tracking_uri()
+    wall = None
+    if a.run:
+        wall = run([str(Path(sys.executable).parent / "effilm"), "run", "mobile-bert", "--profile", "quick"],
+                   {"HF_HUB_OFFLINE": "1"}, Path("/tmp/effilm-mobile-targets.log"))
+    parent, rows = latest_variants(uri)
+    selection = rows.pop("_selection")["message"]
+    t = rows["teacher-fp32"]
+
+    def ratio(v, key):
+        return round(t[key] / rows[v][key], 2) if v in rows and rows[v].get(key) else None
+
+    chosen = next((v for v, r in rows.items() if r.get("selected")), None)
+    mobile = [v for v in rows if v.startswith("mobile-") and rows[v].get(LAT)]
+    best = chosen or (min(mobile, key=lambda v: rows[v][LAT]) if mobile else None)
+    checks = {}
+    if best:
+        drop = 100 * (t[ACC] - rows[best][ACC])
+        checks["mobile candidate"] = {"variant": best, "speedup": ratio(best, LAT), "smaller": ratio(best, SIZE),
+                                      "accuracy_drop_points": round(drop, 2),
+                                      "met": bool(ratio(best, LAT) >= 4 and ratio(best, SIZE) >= 4 and drop <= 1.0)}
+    for ours, peer in (("int8-dynamic", "onnx-int8"), ("mobile-candidate", "mobile-onnx-int8")):
+        if ours in rows and peer in rows:
+            checks[f"{ours} vs {peer}"] = {"ours_ms": rows[ours][LAT], "ort_ms": rows[peer][LAT],
+                                          "met": bool(rows[ours][LAT] <= rows[peer][LAT])}
+    if "prune-struct-ffn50" in rows:
+        drop = 100 * (t[ACC] - rows["prune-struct-ffn50"][ACC])
+        checks["structured FFN 50%"] = {"speedup": ratio("prune-struct-ffn50", LAT), "accuracy_drop_points": round(drop, 2),
+                                        "met": bool(ratio("prune-struct-ffn50", LAT) >= 1.4 and drop <= 1.0)}
+    if "distill-3l" in rows:
+        rel = rows["distill-3l"][ACC] / t[ACC]
+        checks["distilled 3 layers"] = {"speedup": ratio("distill-3l", LAT), "relative_accuracy": round(rel, 4),
+                                        "met": bool(ratio("distill-3l", LAT) >= 1.8 and rel >= 0.98)}
+    paths = int8_paths(str(Path(ROOT / "outputs/mobile-bert/teacher").glob("*/model").__next__())) if a.int8_paths else None
+    cols = ["technique", ACC, LAT, "bench/latency_ms_p95_b1_t1", "bench/latency_ms_p50_b1_tall", "bench/throughput_b32",
+            "bench/peak_rss_mb", SIZE, "size/params", "eval/agreement_with_source"]
+    table = "| variant | " + " | ".join(c.split("/")[-1] for c in cols) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
+    for v, r in rows.items():
+        table += f"| {v} | " + " | ".join("" if r.get(c) is None else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in cols) + " |\n"
+    md = [f"Parent run `{parent}` ({uri}). " + (f"Flow wall time: {wall:.0f} s." if wall else ""), "", "## Targets", ""]
+    for name, c in checks.items():
+        md.append(f"- **{name}**: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    md += ["", f"Selection: {selection}", "", "## All variants (batch 1, 1 thread, 128 tokens unless noted)", "", table]
+    if paths:
+        md += ["## int8 paths on the teacher (p50 ms, batch 1, 1 thread, 128 tokens)", ""] + [f"- {k}: {v}" for k, v in paths.items()]
+    data = {"parent_run_id": parent, "flow_wall_seconds": wall, "checks": checks, "selection": selection,
+            "variants": rows, "int8_paths": paths}
+    js, mdp = write_results("mobile_targets", data, "\n".join(md))
+    print(mdp.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Long-ify a BERT checkpoint (the Longformer paper's recipe): position embeddings extended to ``max_positions``
+by copying the trained 512, global q/k/v projections initialised from the local ones, and every self-attention
+swapped for sliding-window + global attention (``tasks/attention.py``) with a configurable window.
+
+    longify(model_dir, {"max_positions": 4096, "attention_window": 256, "mode": "sliding"}) -> LongClassifier
+
+``mode="full"`` keeps SDPA full attention over the whole (long) input: the O(n²) baseline on the same weights.
+On inputs no longer than the window, sliding attention sees every token, so the long model reproduces the source
+model (checked in the tests).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from tasks import attention, models
+
+
+class LongSelfAttention(nn.Module):
+    def __init__(self, src: nn.Module, window: int, mode: str):
+        super().__init__()
+        self.query, self.key, self.value = src.query, src.key, src.value
+        self.query_global, self.key_global, self.value_global = (copy.deepcopy(src.query), copy.deepcopy(src.key),
+                                                                 copy.deepcopy(src.value))
+        self.head_size = src.attention_head_size
+        self.window, self.mode = window, mode
+        self.dropout_p = getattr(src, "dropout", nn.Dropout(0.0)).p
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, -1, self.head_size).transpose(1, 2)
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        key_padding, global_mask = attention_mask
+        q, k, v = (self._heads(p(hidden_states)) for p in (self.query, self.key, self.value))
+        if self.mode == "full":
+            out = attention.full_attention(q, k, v, key_padding)
+        else:
+            gqkv = None
+            if global_mask is not None and bool(global_mask.any()):
+                gqkv = tuple(self._heads(p(hidden_states)) for p in (self.query_global, self.key_global, self.value_global))
+            out = attention.sliding_window_attention(q, k, v, self.window, key_padding, global_mask, gqkv)
+        b, h, n, d = out.shape
+        return out.transpose(1, 2).reshape(b, n, h * d), None
+
+
+class LongClassifier(nn.Module):
+    """BERT classifier over long inputs: extended positions + sliding-window (or full) attention per layer."""
+
+    def __init__(self, model: nn.Module, max_positions: int, attention_window: int, mode: str = "sliding"):
+        super().__init__()
+        base = getattr(model, model.base_model_prefix)
+        self.embeddings = base.embeddings
+        extend_positions(self.embeddings, max_positions)
+        self.layers = base.encoder.layer
+        for layer in self.layers:
+            layer.attention.self = LongSelfAttention(layer.attention.self, attention_window // 2, mode)
+        self.pooler, self.dropout, self.classifier = base.pooler, model.dropout, model.classifier
+        self.max_positions, self.attention_window, self.mode = max_positions, attention_window, mode
+        self.config = model.config
+
+    def forward(self, input_ids, attention_mask=None, global_mask=None):
+        if input_ids.shape[1] > self.max_positions:
+            raise ValueError(f"input of {input_ids.shape[1]} tokens exceeds max_positions={self.max_positions}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if global_mask is None:  # global attention on [CLS], as Longformer does for classification
+            global_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+            global_mask[:, 0] = True
+        h = self.embeddings(input_ids=input_ids)
+        for layer in self.layers:
+            h = layer(h, (attention_mask.bool(), global_mask.bool()))
+        return self.classifier(self.dropout(self.pooler(h)))
+
+    def set_mode(self, mode: str) -> None:
+        for layer in self.layers:
+            layer.attention.self.mode = mode
+        self.mode = mode
+
+
+def extend_positions(embeddings: nn.Module, max_positions: int) -> None:
+    """Copy the trained position table until it covers ``max_positions`` (Longformer's initialisation)."""
+    old = embeddings.position_embeddings.weight.detach()
+    n_old, dim = old.shape
+    if max_positions <= n_old:
+        return
+    new = torch.empty(max_positions, dim)
+    for start in range(0, max_positions, n_old):
+        new[start : start + n_old] = old[: max_positions - start]
+    embeddings.position_embeddings = nn.Embedding.from_pretrained(new, freeze=False)
+    embeddings.position_ids = torch.arange(max_positions).expand((1, -1))
+    embeddings.token_type_ids = torch.zeros((1, max_positions), dtype=torch.long)
+
+
+def longify(model_dir: str, max_positions: int = 4096, attention_window: int = 256, mode: str = "sliding") -> LongClassifier:
+    model = models.load_hf_model(model_dir)
+    long = LongClassifier(model, max_positions, attention_window, mode).eval()
+    long.config.max_position_embeddings = max_positions
+    return long

@@ -1,0 +1,36 @@
+from tasks import select
+
+
+def row(name, acc, ms, mb):
+    return {"variant": name, "eval/accuracy": acc, "bench/latency_ms_p50_b1_t1": ms, "size/disk_mb": mb, "run_id": name}
+
+
+ROWS = [row("teacher", 0.97, 35, 90), row("int8", 0.968, 10, 23), row("tiny", 0.962, 4, 8), row("bad", 0.90, 3, 5),
+        row("dominated", 0.96, 12, 30)]
+
+
+def test_selects_fastest_feasible_on_frontier():
+    s = select.select(ROWS, {"max_latency_ms": 11, "max_size_mb": 25, "max_accuracy_drop": 0.01}, 0.97)
+    assert s.chosen["variant"] == "tiny"
+    assert set(s.feasible) == {"int8", "tiny"} and "bad" not in s.feasible
+    assert "selected 'tiny'" in s.message
+
+
+def test_objectives():
+    c = {"max_latency_ms": 11, "max_size_mb": 25, "max_accuracy_drop": 0.01}
+    assert select.select(ROWS, c, 0.97, "accuracy").chosen["variant"] == "int8"
+    assert select.select(ROWS, c, 0.97, "size").chosen["variant"] == "tiny"
+
+
+def test_pareto_front_excludes_dominated():
+    names = {r["variant"] for r in select.pareto_front(ROWS)}
+    assert "dominated" not in names and {"teacher", "int8", "tiny", "bad"} <= names
+
+
+def test_nothing_fits_names_nearest_and_misses():
+    s = select.select(ROWS, {"max_latency_ms": 2, "max_size_mb": 4, "max_accuracy_drop": 0.001}, 0.97)
+    assert s.chosen is None
+    assert "no variant meets the constraints" in s.message and "'tiny'" in s.message
+    assert s.misses["tiny"]["latency_ms"] == 2 and s.misses["tiny"]["size_mb"] == 4
+    assert abs(s.misses["bad"]["accuracy_points"] - 6.9) < 1e-6
+    assert "over by" in s.message
