@@ -31,13 +31,14 @@ def latest_variants(uri: str) -> tuple[str, dict[str, dict]]:
     parents = client.search_runs([exp.experiment_id], filter_string="tags.variant = 'parent' and attributes.status = 'FINISHED'",
                                  order_by=["attributes.start_time DESC"], max_results=1)
     parent = parents[0]
+    rows_meta = {"flow_seconds": parent.data.metrics.get("flow/seconds")}
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
                                   max_results=500)
     rows = {}
     for c in children:
         rows[c.data.tags["variant"]] = {**c.data.metrics, "technique": c.data.tags.get("technique"),
                                         "selected": c.data.tags.get("selected") == "true", "run_id": c.info.run_id}
-    return parent.info.run_id, rows | {"_selection": {"message": parent.data.tags.get("selection", "")}}
+    return parent.info.run_id, rows | {"_selection": {"message": parent.data.tags.get("selection", ""), **rows_meta}}
 
 
 def int8_paths(model_dir: str, seq_len: int = 128, iters: int = 30) -> dict:
@@ -95,16 +96,24 @@ def main() -> int:
     ap.add_argument("--run", action="store_true", help="run the quick profile first (about 15 minutes here)")
     ap.add_argument("--int8-paths", action="store_true")
     a = ap.parse_args()
+    from tasks import tracking
     from tasks.tracking import tracking_uri
 
     os.chdir(ROOT)
     uri = tracking_uri()
-    wall = None
-    if a.run:
-        wall = run([str(Path(sys.executable).parent / "effilm"), "run", "mobile-bert", "--profile", "quick"],
-                   {"HF_HUB_OFFLINE": "1"}, Path("/tmp/effilm-mobile-targets.log"))
+    wall = rerun = None
+    if a.run:  # cold: fresh output folder and Prefect result storage; then an unchanged re-run
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="effilm-mobile-"))
+        cmd = [str(Path(sys.executable).parent / "effilm"), "run", "mobile-bert", "--profile", "quick",
+               "--set", f"output_dir={tmp / 'out'}"]
+        env = {"HF_HUB_OFFLINE": "1", "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "prefect")}
+        wall = run(cmd, env, tmp / "cold.log")
+        rerun = run(cmd, env, tmp / "rerun.log")
     parent, rows = latest_variants(uri)
-    selection = rows.pop("_selection")["message"]
+    meta = rows.pop("_selection")
+    selection, flow_seconds = meta["message"], meta.get("flow_seconds")
     t = rows["teacher-fp32"]
 
     def ratio(v, key):
@@ -131,19 +140,22 @@ def main() -> int:
         rel = rows["distill-3l"][ACC] / t[ACC]
         checks["distilled 3 layers"] = {"speedup": ratio("distill-3l", LAT), "relative_accuracy": round(rel, 4),
                                         "met": bool(ratio("distill-3l", LAT) >= 1.8 and rel >= 0.98)}
-    paths = int8_paths(str(Path(ROOT / "outputs/mobile-bert/teacher").glob("*/model").__next__())) if a.int8_paths else None
+    paths = int8_paths(tracking.download_model(rows["teacher-fp32"]["run_id"])) if a.int8_paths else None
     cols = ["technique", ACC, LAT, "bench/latency_ms_p95_b1_t1", "bench/latency_ms_p50_b1_tall", "bench/throughput_b32",
             "bench/peak_rss_mb", SIZE, "size/params", "eval/agreement_with_source"]
     table = "| variant | " + " | ".join(c.split("/")[-1] for c in cols) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
     for v, r in rows.items():
         table += f"| {v} | " + " | ".join("" if r.get(c) is None else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in cols) + " |\n"
-    md = [f"Parent run `{parent}` ({uri}). " + (f"Flow wall time: {wall:.0f} s." if wall else ""), "", "## Targets", ""]
+    md = [f"Parent run `{parent}` ({uri}). " + (f"Cold `effilm run mobile-bert --profile quick`: {wall:.0f} s "
+                                                f"(target <= 1200 s); unchanged re-run: {rerun:.0f} s." if wall else ""),
+          f"The flow itself took {flow_seconds:.0f} s (parent run metric flow/seconds; target for the whole "
+          f"quick profile: <= 1200 s)." if flow_seconds else "", "", "## Targets", ""]
     for name, c in checks.items():
         md.append(f"- **{name}**: " + ", ".join(f"{k}={v}" for k, v in c.items()))
     md += ["", f"Selection: {selection}", "", "## All variants (batch 1, 1 thread, 128 tokens unless noted)", "", table]
     if paths:
         md += ["## int8 paths on the teacher (p50 ms, batch 1, 1 thread, 128 tokens)", ""] + [f"- {k}: {v}" for k, v in paths.items()]
-    data = {"parent_run_id": parent, "flow_wall_seconds": wall, "checks": checks, "selection": selection,
+    data = {"parent_run_id": parent, "flow_wall_seconds": wall, "rerun_wall_seconds": rerun, "flow_seconds_metric": flow_seconds, "checks": checks, "selection": selection,
             "variants": rows, "int8_paths": paths}
     js, mdp = write_results("mobile_targets", data, "\n".join(md))
     print(mdp.read_text())

@@ -20,9 +20,10 @@ EXIT_CONFIG = 2
 
 
 def _flows():
+    from flows.long_document import long_document
     from flows.mobile_bert import mobile_bert
 
-    return {"mobile-bert": mobile_bert}
+    return {"mobile-bert": mobile_bert, "long-document": long_document}
 
 
 def _studies(name: str) -> list[str]:
@@ -53,7 +54,7 @@ def cmd_run(a) -> int:
     flows = _flows()
     for study in studies:
         result = flows[study](profile=a.profile, overrides=a.set or [], config_path=a.config)
-        print(f"{study}: MLflow parent run {result['parent_run_id']}; report {result['report']['markdown']}")
+        print(f"{study}: MLflow parent run {result['parent_run_id']}; report {result['report']['markdown']}", flush=True)
     return 0
 
 
@@ -94,15 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # offline-friendly defaults: no telemetry from Prefect's local server (set before Prefect is imported)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=os.environ.get("EFFILM_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    from tasks.tracking import TrackingStoreBusy
+
     try:
         return args.fn(args)
     except ConfigError as exc:
         print(f"effilm: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except TrackingStoreBusy as exc:
+        print(f"effilm: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("effilm: interrupted; open MLflow runs were marked KILLED", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.common import base_tags, call
 import numpy as np
 
-from tasks import benchmark, compress, config, data, evaluate, report, select, tracking, train
+from tasks import benchmark, compress, config, data, evaluate, models, report, select, tracking, train
 from tasks.caching import CACHE, work_dir
 
 STUDY = "mobile-bert"
@@ -26,27 +26,29 @@ STUDY = "mobile-bert"
 # ---------------------------------------------------------------------------------------------- tasks
 
 
-@task(name="load-data")
+# Transient failures are retried by Prefect; MLflow runs are opened by the flow, not by tasks, so a retry never
+# duplicates a run. Training tasks resume from their checkpoint when retried.
+@task(name="load-data", retries=1, retry_delay_seconds=2)
 def load_data(data_cfg: dict, seed: int, out_root: str) -> dict:
     return data.prepare(data_cfg, seed, out_root)
 
 
-@task(name="fine-tune-teacher", cache_policy=CACHE, persist_result=True)
+@task(name="fine-tune-teacher", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
 def fine_tune_teacher(model_cfg: dict, train_cfg: dict, data_info: dict, seed: int, work: str) -> dict:
     return train.fine_tune(model_cfg, train_cfg, data_info, seed, work)
 
 
-@task(name="compress", cache_policy=CACHE, persist_result=True)
+@task(name="compress", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
 def compress_step(model_dir: str, step: dict, context: dict, out_dir: str) -> dict:
     return {"model_dir": compress.run_step(model_dir, step, context, out_dir)}
 
 
-@task(name="evaluate", cache_policy=CACHE, persist_result=True)
+@task(name="evaluate", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
 def evaluate_variant(model_dir: str, data_info: dict, eval_cfg: dict, work: str, variant: str) -> dict:
     return evaluate.evaluate(model_dir, data_info, eval_cfg, work, variant)
 
 
-@task(name="benchmark", cache_policy=CACHE, persist_result=True)
+@task(name="benchmark", cache_policy=CACHE, persist_result=True, retries=2, retry_delay_seconds=2)
 def benchmark_variant(model_dir: str, texts_path: str, bench_cfg: dict, work: str) -> dict:
     return benchmark.benchmark(model_dir, texts_path, bench_cfg, work)
 
@@ -97,14 +99,20 @@ def mobile_bert(profile: str = "quick", overrides: list[str] | None = None, conf
     cfg = config.load_config(STUDY, profile, overrides, config_path)  # validated once, here
     out = Path(cfg.output_dir)
     started = time.perf_counter()
+    reaped = tracking.reap_stale_runs(cfg.experiment)
+    if reaped:
+        logger.warning("marked %d run(s) of killed flow processes as KILLED: %s", len(reaped), ", ".join(reaped))
+
+    # 0. preflight: bad data or an unavailable model fails here, before any MLflow run exists
+    data_info = load_data(config.slice_dict(cfg.data), cfg.seed, str(out))
+    models.check_source(cfg.model.source, cfg.model.trust_remote_code, cfg.model.revision)
+
     with tracking.run(cfg.experiment, f"{STUDY}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
-                      {**base_tags(STUDY, profile), "variant": "parent"}) as parent:
+                      {**base_tags(STUDY, profile, data_info["fingerprint"]), "variant": "parent"}) as parent:
         tracking.log_config(parent, cfg.model_dump(mode="json"), config.to_flat_params(cfg))
         tracking.log_environment(parent)
 
         # 1. data
-        data_info = load_data(config.slice_dict(cfg.data), cfg.seed, str(out))
-        tracking.set_tags(parent, {"data_fingerprint": data_info["fingerprint"]})
         tracking.log_metrics(parent, {f"data/{k}": v for k, v in data_info["stats"].items()})
         tracking.log_dataset(parent, data_info["paths"], "bbc" if cfg.data.source == "bbc" else cfg.data.source,
                              data_info["source"], data_info["fingerprint"])
@@ -120,7 +128,8 @@ def mobile_bert(profile: str = "quick", overrides: list[str] | None = None, conf
         # 3. compress, then measure every variant alike
         results = [measure_variant(cfg, parent, data_info, "teacher-fp32", "baseline", teacher["model_dir"],
                                    extra_metrics={"train/seconds": teacher.get("train_seconds"),
-                                                  "train/samples_per_second": teacher.get("samples_per_second")})]
+                                                  "train/samples_per_second": teacher.get("samples_per_second"),
+                                                  "train/resumed_from_step": teacher.get("resumed_from_step", 0)})]
         if teacher.get("losses"):
             tracking.log_metric_history(results[0]["run_id"], "train/loss", teacher["losses"])
         built = {"teacher": results[0]}

@@ -31,9 +31,18 @@ def stable_hash(*parts: Any, length: int = 12) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def safe_join(root: str | Path, *parts: str) -> Path:
+    """``root/parts`` that is guaranteed to stay inside ``root`` (no ``..``, no absolute parts)."""
+    base = Path(root).resolve()
+    path = base.joinpath(*parts).resolve()
+    if path != base and base not in path.parents:
+        raise ValueError(f"refusing to write outside the output folder {base}: {'/'.join(parts)}")
+    return path
+
+
 def work_dir(root: str | Path, name: str, *key_parts: Any) -> str:
     """Deterministic folder for a task's outputs: the same inputs land in the same place, so a killed run resumes."""
-    return str(Path(root) / name / stable_hash(*key_parts))
+    return str(safe_join(root, name, stable_hash(*key_parts)))
 
 
 @dataclass

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CASE_STUDY_DIR = Path(__file__).resolve().parent.parent / "case_studies"
-CASE_STUDIES = {"mobile-bert": "mobile_bert.yaml"}
+CASE_STUDIES = {"mobile-bert": "mobile_bert.yaml", "long-document": "long_document.yaml"}
 
 
 class ConfigError(ValueError):
@@ -238,7 +238,94 @@ class MobileBertConfig(Strict):
         return self
 
 
-SCHEMAS: dict[str, type[Strict]] = {"mobile-bert": MobileBertConfig}
+# ------------------------------------------------------------------------------------ long documents
+
+MECHANISMS = ("truncate-512", "chunked-512", "sliding-window", "full-long", "hf-longformer", "bigbird")
+
+
+class LongConfig(Strict):
+    max_positions: int = Field(4096, ge=512, le=65536)
+    attention_window: int = Field(256, ge=16, description="both sides together, as Longformer's attention_window")
+    max_tokens: int = Field(4096, ge=128, description="documents are cut to this many tokens by long mechanisms")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LongConfig":
+        if self.attention_window % 2:
+            raise ValueError("attention_window: must be even (it is split equally on both sides)")
+        if self.max_tokens > self.max_positions:
+            raise ValueError(f"max_tokens: {self.max_tokens} exceeds max_positions={self.max_positions}")
+        return self
+
+
+class LongEvalConfig(Strict):
+    buckets: list[int] = Field(default_factory=lambda: [512, 1024, 2048], description="token-length bucket edges")
+    max_docs: int | None = Field(None, ge=1, description="evaluate on at most this many test documents")
+
+
+class ScalingConfig(Strict):
+    lengths: list[int] = Field(default_factory=lambda: [512, 1024, 2048, 4096])
+    mechanisms: list[str] = Field(default_factory=lambda: ["full-long", "sliding-window", "hf-longformer", "chunked-512"])
+    iters: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ScalingConfig":
+        bad = [m for m in self.mechanisms if m not in MECHANISMS]
+        if bad:
+            raise ValueError(f"mechanisms: unknown mechanism '{bad[0]}'; choose from {', '.join(MECHANISMS)}")
+        return self
+
+
+class SummarizeData(Strict):
+    source: Literal["bbc-headlines", "bbc-summary", "jsonl"] = "bbc-headlines"
+    path: str | None = None
+    text_field: str = "text"
+    summary_field: str = "summary"
+    max_docs: int | None = Field(600, ge=10)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SummarizeData":
+        if self.source != "bbc-headlines":
+            if not self.path:
+                raise ValueError(f"path: summarization source '{self.source}' needs summarize.data.path")
+            if not Path(self.path).expanduser().exists():
+                raise ValueError(f"path: file or folder not found: {self.path}")
+        return self
+
+
+class SummarizeConfig(Strict):
+    enabled: bool = True
+    data: SummarizeData = Field(default_factory=SummarizeData)
+    k_values: list[int] = Field(default_factory=lambda: [1, 2, 3], description="lead-k / top-k candidates, chosen on validation")
+    max_tokens: int = Field(1024, ge=64, description="tokens of the document the extractive encoder reads")
+    oracle_max_sentences: int = Field(4, ge=1)
+    abstractive_model: str | None = Field(None, description="LED / seq2seq model id or folder (full profile)")
+    generation: dict[str, Any] = Field(default_factory=lambda: {"max_new_tokens": 128, "num_beams": 2})
+
+
+class LongDocumentConfig(Strict):
+    name: Literal["long-document"] = "long-document"
+    experiment: str = "effilm/long-document"
+    profile: str = "quick"
+    output_dir: str = "outputs/long-document"
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    long: LongConfig = Field(default_factory=LongConfig)
+    mechanisms: list[str] = Field(default_factory=lambda: ["truncate-512", "chunked-512", "sliding-window", "full-long"])
+    evaluate: LongEvalConfig = Field(default_factory=LongEvalConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    summarize: SummarizeConfig = Field(default_factory=SummarizeConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "LongDocumentConfig":
+        bad = [m for m in self.mechanisms if m not in MECHANISMS]
+        if bad:
+            raise ValueError(f"mechanisms: unknown mechanism '{bad[0]}'; choose from {', '.join(MECHANISMS)}")
+        return self
+
+
+SCHEMAS: dict[str, type[Strict]] = {"mobile-bert": MobileBertConfig, "long-document": LongDocumentConfig}
 
 
 # --------------------------------------------------------------------------------------------- loading

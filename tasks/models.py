@@ -49,6 +49,16 @@ def _hub_error(source: str, exc: Exception) -> ConfigError:
     return ConfigError("model.source", source, f"cannot load model: {hint}. The offline default is model.source={OFFLINE_DEFAULT}")
 
 
+def check_source(source: str, trust_remote_code: bool = False, revision: str | None = None) -> None:
+    """Fail fast (ConfigError naming ``model.source``) when the model cannot be loaded, e.g. a Hub id offline."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(resolve_source(source), trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(source, exc) from None
+
+
 def load_tokenizer(source: str, trust_remote_code: bool = False, revision: str | None = None):
     from transformers import AutoTokenizer
 

@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -107,12 +108,60 @@ def pip_freeze() -> str:
 # ------------------------------------------------------------------------------------------------ runs
 
 
+class TrackingStoreBusy(RuntimeError):
+    """The embedded sqlite store could not take the write load (several flows at once)."""
+
+
+def _busy(exc: Exception) -> bool:
+    return "database is locked" in str(exc) or "database is busy" in str(exc)
+
+
 def start_run(experiment: str, run_name: str, tags: dict[str, Any], parent_run_id: str | None = None) -> str:
+    """Create a run tagged with this process (host + pid), so a later flow can tell a killed run from a live one."""
     all_tags = {k: str(v) for k, v in tags.items() if v is not None}
+    all_tags.update({"effilm.host": socket.gethostname(), "effilm.pid": str(os.getpid())})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=run_name)
+    try:
+        run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=run_name)
+    except Exception as exc:
+        if _busy(exc):
+            raise TrackingStoreBusy(
+                f"the MLflow store {tracking_uri()} is locked by another writer ({exc}). The embedded sqlite store "
+                "takes one busy writer at a time: run flows one after another, or point MLFLOW_TRACKING_URI at an "
+                "`mlflow server` (see docs/reliability.md)") from exc
+        raise
     return run.info.run_id
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale_runs(experiment: str) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process (same host) is gone — e.g. a flow killed with SIGKILL, which
+    cannot clean up after itself. Runs of live processes and of other hosts are left alone."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    host = socket.gethostname()
+    reaped = []
+    for r in c.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        tags = r.data.tags
+        if tags.get("effilm.host") != host or not tags.get("effilm.pid", "").isdigit():
+            continue
+        if not _alive(int(tags["effilm.pid"])):
+            c.set_tag(r.info.run_id, "effilm.reaped", time.strftime("%Y-%m-%d %H:%M:%S"))
+            c.set_terminated(r.info.run_id, "KILLED")
+            reaped.append(r.info.run_id)
+    return reaped
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:

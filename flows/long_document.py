@@ -1,0 +1,161 @@
+"""Case study 2 — long documents: classification with several attention mechanisms, their cost as documents grow,
+and extractive summarization.
+
+Recipe: load data -> fine-tune the base classifier -> evaluate every mechanism by length bucket -> scaling
+benchmark (latency, memory vs length) -> summarization (lead-k, TextRank, extractive with the long encoder) ->
+report. MLflow: one parent run per flow run; one nested run per mechanism and per summarizer.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.common import base_tags, call
+from tasks import config, data, mechanisms, models, scaling, summarize, tracking, train
+from tasks.caching import CACHE, work_dir
+
+STUDY = "long-document"
+
+
+@task(name="load-data", retries=1, retry_delay_seconds=2)
+def load_data(data_cfg: dict, seed: int, out_root: str) -> dict:
+    return data.prepare(data_cfg, seed, out_root)
+
+
+@task(name="fine-tune-base", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
+def fine_tune_base(model_cfg: dict, train_cfg: dict, data_info: dict, seed: int, work: str) -> dict:
+    return train.fine_tune(model_cfg, train_cfg, data_info, seed, work)
+
+
+@task(name="evaluate-mechanism", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
+def evaluate_mechanism(mechanism: str, model_dir: str, data_info: dict, long_cfg: dict, eval_cfg: dict) -> dict:
+    test = data.load_split(data_info["paths"]["test"])
+    if eval_cfg.get("max_docs"):
+        test = test.iloc[: eval_cfg["max_docs"]]
+    labels = data_info["labels"]
+    res = mechanisms.evaluate_by_length(mechanism, model_dir, test["text"].tolist(), [labels.index(l) for l in test["label"]],
+                                        labels, long_cfg, eval_cfg["buckets"])
+    return {"metrics": res["metrics"]}
+
+
+@task(name="scaling-benchmark", cache_policy=CACHE, persist_result=True)
+def scaling_benchmark(scaling_cfg: dict, window: int, model_dir: str, work: str) -> dict:
+    rows = scaling.sweep(scaling_cfg["mechanisms"], scaling_cfg["lengths"], window, scaling_cfg["iters"], model_dir)
+    out = Path(work)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts = {"time_plot": scaling.plot(rows, "latency_ms", "forward latency (ms)", out / "scaling_time.png"),
+                 "memory_plot": scaling.plot(rows, "peak_rss_mb", "peak RSS (MB)", out / "scaling_memory.png")}
+    table = out / "scaling.md"
+    table.write_text(scaling.table(rows) + "\n")
+    artifacts["table"] = str(table)
+    return {"rows": rows, "artifacts": artifacts}
+
+
+@task(name="summarize", cache_policy=CACHE, persist_result=True)
+def summarization(sum_cfg: dict, long_cfg: dict, model_dir: str, seed: int, work: str) -> dict:
+    return summarize.run(sum_cfg, long_cfg, model_dir, seed, work)
+
+
+@flow(name="long-document", log_prints=True)
+def long_document(profile: str = "quick", overrides: list[str] | None = None, config_path: str | None = None) -> dict:
+    logger = get_run_logger()
+    cfg = config.load_config(STUDY, profile, overrides, config_path)  # validated once, here
+    out = Path(cfg.output_dir)
+    started = time.perf_counter()
+    reaped = tracking.reap_stale_runs(cfg.experiment)
+    if reaped:
+        logger.warning("marked %d run(s) of killed flow processes as KILLED", len(reaped))
+
+    # 0. preflight: bad data or an unavailable model fails before any MLflow run exists
+    data_info = load_data(config.slice_dict(cfg.data), cfg.seed, str(out))
+    models.check_source(cfg.model.source, cfg.model.trust_remote_code, cfg.model.revision)
+
+    with tracking.run(cfg.experiment, f"{STUDY}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
+                      {**base_tags(STUDY, profile, data_info["fingerprint"]), "variant": "parent"}) as parent:
+        tracking.log_config(parent, cfg.model_dump(mode="json"), config.to_flat_params(cfg))
+        tracking.log_environment(parent)
+        tracking.log_metrics(parent, {f"data/{k}": v for k, v in data_info["stats"].items()})
+        tracking.log_dataset(parent, data_info["paths"], "bbc" if cfg.data.source == "bbc" else cfg.data.source,
+                             data_info["source"], data_info["fingerprint"])
+
+        # 1. base classifier (the weights every mechanism shares)
+        model_slice, train_slice = config.slice_dict(cfg.model), config.slice_dict(cfg.train)
+        base = call(fine_tune_base, "base/fine-tune", model_cfg=model_slice, train_cfg=train_slice, data_info=data_info,
+                    seed=cfg.seed, work=work_dir(out, "base", model_slice, train_slice, data_info["fingerprint"], cfg.seed))
+        long_slice = config.slice_dict(cfg.long)
+
+        # 2. every mechanism on the same test documents, by length bucket
+        evals = {m: call(evaluate_mechanism, f"{m}/evaluate", mechanism=m, model_dir=base["model_dir"], data_info=data_info,
+                         long_cfg=long_slice, eval_cfg=config.slice_dict(cfg.evaluate)) for m in cfg.mechanisms}
+
+        # 3. cost as documents grow
+        scale = call(scaling_benchmark, "scaling", scaling_cfg=config.slice_dict(cfg.scaling),
+                     window=cfg.long.attention_window, model_dir=base["model_dir"],
+                     work=work_dir(out, "scaling", config.slice_dict(cfg.scaling), cfg.long.attention_window, base["model_dir"]))
+        per_mech: dict[str, dict] = {}
+        for r in scale["rows"]:
+            if "latency_ms" in r:
+                per_mech.setdefault(r["mechanism"], {})[f"bench/latency_ms_L{r['length']}"] = r["latency_ms"]
+                per_mech[r["mechanism"]][f"bench/peak_rss_mb_L{r['length']}"] = r["peak_rss_mb"]
+
+        results = []
+        for mech in dict.fromkeys([*cfg.mechanisms, *per_mech]):
+            metrics = {**evals.get(mech, {}).get("metrics", {}), **per_mech.get(mech, {})}
+            with tracking.run(cfg.experiment, mech, {**base_tags(STUDY, profile, data_info["fingerprint"]), "variant": mech,
+                                                     "technique": "attention", "attention_window": cfg.long.attention_window},
+                              parent_run_id=parent) as run_id:
+                tracking.log_metrics(run_id, metrics)
+            results.append({"variant": mech, "technique": "attention", "run_id": run_id, **metrics})
+        for path in scale["artifacts"].values():
+            tracking.log_artifact(parent, path, "scaling")
+
+        # 4. summarization
+        summaries = {}
+        if cfg.summarize.enabled:
+            sum_slice = config.slice_dict(cfg.summarize)
+            summaries = call(summarization, "summarize", sum_cfg=sum_slice, long_cfg=long_slice, model_dir=base["model_dir"],
+                             seed=cfg.seed, work=work_dir(out, "summarize", sum_slice, long_slice, base["model_dir"], cfg.seed))
+            for method, res in summaries["methods"].items():
+                with tracking.run(cfg.experiment, method, {**base_tags(STUDY, profile), "variant": method,
+                                                           "technique": "summarization"}, parent_run_id=parent) as run_id:
+                    tracking.log_metrics(run_id, res["metrics"])
+                    tracking.log_params(run_id, {k: v for k, v in res.items() if k != "metrics"})
+                results.append({"variant": method, "technique": "summarization", "run_id": run_id, **res["metrics"]})
+
+        # 5. report
+        md = report_markdown(results, scale, summaries, cfg)
+        rep = out / "report"
+        rep.mkdir(parents=True, exist_ok=True)
+        (rep / "long_document.md").write_text(md)
+        tracking.log_artifact(parent, rep / "long_document.md", "report")
+        create_markdown_artifact(key="long-document-summary", markdown=md, description="long-document case study")
+        create_table_artifact(key="long-document-scaling", table=[r for r in scale["rows"]])
+        tracking.log_metrics(parent, {"flow/seconds": round(time.perf_counter() - started, 2)})
+    logger.info("long-document done in %.1fs; MLflow parent run %s\n%s", time.perf_counter() - started, parent, md)
+    return {"parent_run_id": parent, "results": results, "scaling": scale["rows"], "report": {"markdown": str(rep / "long_document.md")}}
+
+
+def report_markdown(results: list[dict], scale: dict, summaries: dict, cfg) -> str:
+    edges = [0, *cfg.evaluate.buckets, None]
+    names = [mechanisms.bucket_name(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+    lines = ["# effilm long-document", "", "## Classification by document length (macro-F1; docs per bucket)", "",
+             "| mechanism | accuracy | macro-F1 | " + " | ".join(names) + " | s/doc |", "|---" * (len(names) + 4) + "|"]
+    for r in results:
+        if r["technique"] != "attention" or "eval/accuracy" not in r:
+            continue
+        cells = [f"{r.get(f'eval/macro_f1_len_{n}', float('nan')):.3f} ({r.get(f'eval/num_docs_len_{n}', 0)})" for n in names]
+        lines.append(f"| {r['variant']} | {r['eval/accuracy']:.4f} | {r['eval/macro_f1']:.4f} | " + " | ".join(cells)
+                     + f" | {r['eval/seconds_per_doc']:.3f} |")
+    lines += ["", f"## Cost vs length (batch 1, window {cfg.long.attention_window})", "", scaling.table(scale["rows"])]
+    if summaries:
+        lines += ["", f"## Summarization ({summaries['data']}; test docs: {summaries['num_test']})", "",
+                  "| method | ROUGE-1 | ROUGE-2 | ROUGE-L | words | s/doc |", "|---|---|---|---|---|---|"]
+        for method, res in summaries["methods"].items():
+            m = res["metrics"]
+            lines.append(f"| {method} | {m['eval/rouge1']:.4f} | {m['eval/rouge2']:.4f} | {m['eval/rougeL']:.4f} | "
+                         f"{m['eval/summary_words']:.1f} | {m['eval/seconds_per_doc']:.3f} |")
+    return "\n".join(lines) + "\n"

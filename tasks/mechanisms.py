@@ -1,0 +1,136 @@
+"""Long-document classifiers, one per attention mechanism, over the same fine-tuned BERT weights, and their
+evaluation by document-length bucket.
+
+* ``truncate-512``   — the model as fine-tuned, SDPA full attention, documents cut to 512 tokens;
+* ``chunked-512``    — 512-token chunks encoded independently, logits averaged (hierarchical pooling);
+* ``sliding-window`` — long-ified (``tasks/longify.py``), our blocked sliding-window + global [CLS] attention;
+* ``full-long``      — long-ified, SDPA full attention over the whole document (the O(n²) reference);
+* ``hf-longformer``  — the same weights converted into Hugging Face ``LongformerForSequenceClassification``;
+* ``bigbird``        — Hugging Face ``BigBirdForSequenceClassification`` (block-sparse) from the same weights.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from tasks import longify, models
+
+
+def to_hf_longformer(model_dir: str, max_positions: int, attention_window: int):
+    """Convert a BERT classifier into HF Longformer (positions copied to ``max_positions``, global q/k/v = local)."""
+    from transformers import LongformerConfig, LongformerForSequenceClassification
+
+    bert = models.load_hf_model(model_dir)
+    c = bert.config
+    pad = c.pad_token_id or 0
+    cfg = LongformerConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+                           num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+                           hidden_act=c.hidden_act, layer_norm_eps=c.layer_norm_eps, type_vocab_size=c.type_vocab_size,
+                           max_position_embeddings=max_positions + pad + 1, pad_token_id=pad,
+                           attention_window=attention_window, num_labels=c.num_labels, id2label=c.id2label,
+                           label2id=c.label2id, hidden_dropout_prob=c.hidden_dropout_prob,
+                           attention_probs_dropout_prob=c.attention_probs_dropout_prob)
+    lf = LongformerForSequenceClassification(cfg).eval()
+    sd = {k: v for k, v in bert.state_dict().items()}
+    new = lf.state_dict()
+    for k in new:
+        src = k.replace("longformer.", "bert.", 1)
+        if ".attention.self." in k and "_global" in k:
+            src = src.replace("_global", "")
+        if k == "longformer.embeddings.position_embeddings.weight":
+            old = sd["bert.embeddings.position_embeddings.weight"]
+            table = new[k].clone()
+            for start in range(0, max_positions, old.shape[0]):
+                n = min(old.shape[0], max_positions - start)
+                table[pad + 1 + start : pad + 1 + start + n] = old[:n]
+            new[k] = table
+        elif k.startswith("classifier.dense."):
+            new[k] = sd[k.replace("classifier.dense.", "bert.pooler.dense.")]
+        elif k.startswith("classifier.out_proj."):
+            new[k] = sd[k.replace("classifier.out_proj.", "classifier.")]
+        elif src in sd and sd[src].shape == new[k].shape:
+            new[k] = sd[src]
+    lf.load_state_dict(new)
+    return lf
+
+
+def classifier_for(mechanism: str, model_dir: str, long_cfg: dict):
+    """-> (callable(text) -> logits[1, C], tokenizer)."""
+    tokenizer = models.load_tokenizer(model_dir)
+    tokenizer.model_max_length = 10**9
+    max_tokens = long_cfg["max_tokens"]
+    if mechanism in ("truncate-512", "chunked-512"):
+        base = models.load_hf_model(model_dir)
+
+        def run(text: str):
+            if mechanism == "truncate-512":
+                enc = tokenizer(text, truncation=True, max_length=512, return_tensors="pt")
+                return base(**enc).logits
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_tokens]
+            chunks = [ids[i : i + 510] for i in range(0, max(1, len(ids)), 510)]
+            batch = tokenizer.pad({"input_ids": [[tokenizer.cls_token_id] + ch + [tokenizer.sep_token_id] for ch in chunks]},
+                                  return_tensors="pt")
+            return base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.mean(0, keepdim=True)
+
+        return run, tokenizer
+    if mechanism in ("sliding-window", "full-long"):
+        long = longify.longify(model_dir, long_cfg["max_positions"], long_cfg["attention_window"],
+                               "sliding" if mechanism == "sliding-window" else "full")
+
+        def run(text: str):
+            enc = tokenizer(text, truncation=True, max_length=max_tokens, return_tensors="pt")
+            return long(enc["input_ids"], enc["attention_mask"])
+
+        return run, tokenizer
+    if mechanism == "hf-longformer":
+        lf = to_hf_longformer(model_dir, long_cfg["max_positions"], long_cfg["attention_window"])
+
+        def run(text: str):
+            enc = tokenizer(text, truncation=True, max_length=max_tokens, return_tensors="pt")
+            glob = torch.zeros_like(enc["input_ids"])
+            glob[:, 0] = 1
+            return lf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], global_attention_mask=glob).logits
+
+        return run, tokenizer
+    raise ValueError(f"mechanism {mechanism!r} cannot classify here (known for evaluation: truncate-512, chunked-512, "
+                     "sliding-window, full-long, hf-longformer)")
+
+
+def bucket_name(lo: int, hi: int | None) -> str:
+    return f"{lo}_{hi}" if hi is not None else f"{lo}_plus"
+
+
+@torch.inference_mode()
+def evaluate_by_length(mechanism: str, model_dir: str, texts: list[str], labels: list[int], label_names: list[str],
+                       long_cfg: dict, buckets: list[int]) -> dict:
+    """Accuracy / macro-F1 overall and per document-length bucket (lengths in tokens, before any truncation)."""
+    from sklearn.metrics import accuracy_score, f1_score
+    from tqdm.auto import tqdm
+
+    run, tok = classifier_for(mechanism, model_dir, long_cfg)
+    lengths = [len(x) for x in tok(texts, add_special_tokens=True)["input_ids"]]
+    preds, t0 = [], time.perf_counter()
+    for text in tqdm(texts, desc=f"evaluate {mechanism}", unit="doc", mininterval=5.0):
+        preds.append(int(run(text).argmax(-1)))
+    seconds = time.perf_counter() - t0
+    ids = list(range(len(label_names)))
+    metrics = {"eval/accuracy": float(accuracy_score(labels, preds)),
+               "eval/macro_f1": float(f1_score(labels, preds, labels=ids, average="macro", zero_division=0)),
+               "eval/seconds_per_doc": seconds / max(1, len(texts)), "eval/num_docs": len(texts)}
+    edges = [0, *buckets, None]
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = [i for i, n in enumerate(lengths) if n > lo and (hi is None or n <= hi)]
+        name = bucket_name(lo, hi)
+        metrics[f"eval/num_docs_len_{name}"] = len(sel)
+        if sel:
+            y, p = [labels[i] for i in sel], [preds[i] for i in sel]
+            metrics[f"eval/accuracy_len_{name}"] = float(accuracy_score(y, p))
+            metrics[f"eval/macro_f1_len_{name}"] = float(f1_score(y, p, labels=ids, average="macro", zero_division=0))
+    long_docs = [i for i, n in enumerate(lengths) if n > 1024]
+    if long_docs:
+        metrics["eval/macro_f1_len_gt_1024"] = float(f1_score([labels[i] for i in long_docs], [preds[i] for i in long_docs],
+                                                              labels=ids, average="macro", zero_division=0))
+    return {"metrics": metrics, "predictions": preds, "lengths": lengths}

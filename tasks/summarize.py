@@ -1,0 +1,308 @@
+"""Summarization: data (BBC News Summary folder layout, BBC headlines offline, JSONL), baselines (lead-k, TextRank),
+greedy-ROUGE oracle labels and an extractive summarizer whose sentences are scored by the long encoder (one global
+marker token per sentence), plus ROUGE-1/2/L.
+
+    oracle_labels(sentences, reference, max_sentences) -> [0/1 per sentence]
+    lead_k(sentences, k) / textrank(sentences, k) -> chosen sentence indices
+    rouge(prediction, reference) -> {"rouge1": f, "rouge2": f, "rougeL": f}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from tasks.data import DataError, packaged_bbc_dir, read_text_file
+
+_SENT = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
+_GLUED = re.compile(r"(?<=[a-z0-9%)\"'][.!?])(?=[A-Z\"'])")
+
+
+def split_sentences(text: str) -> list[str]:
+    out = []
+    for para in re.split(r"\n\s*\n|\n", text):
+        para = para.strip()
+        if para:
+            out.extend(s.strip() for s in _SENT.split(para) if s.strip())
+    return out
+
+
+def split_glued(summary: str) -> list[str]:
+    """BBC News Summary references glue sentences without a space ("said.The"): split them back."""
+    return [s.strip() for s in _GLUED.split(summary.strip()) if s.strip()]
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def load_bbc_summary(root: str | Path, limit: int | None = None) -> list[dict]:
+    """``root/articles/<class>/NNN.txt`` + ``root/summaries/<class>/NNN.txt`` -> [{"id", "text", "summary"}]."""
+    root = Path(root)
+    arts, sums = root / "articles", root / "summaries"
+    if not arts.is_dir() or not sums.is_dir():
+        raise DataError(str(root), "summarize.data.path", "expected articles/ and summaries/ folders (BBC News Summary layout)")
+    docs = []
+    for f in sorted(arts.glob("*/*.txt")):
+        ref = sums / f.parent.name / f.name
+        if not ref.is_file():
+            continue
+        lines = read_text_file(f).strip().split("\n", 1)
+        body = lines[1] if len(lines) > 1 else lines[0]
+        docs.append({"id": f"{f.parent.name}/{f.stem}", "text": body.strip(),
+                     "summary": " ".join(split_glued(read_text_file(ref)))})
+    if not docs:
+        raise DataError(str(root), "summarize.data.path", "no article/summary pairs found")
+    return docs[:limit] if limit else docs
+
+
+def load_bbc_headlines(limit: int | None = None) -> list[dict]:
+    """Offline default: the packaged BBC corpus, headline (first line) as the reference 'summary'."""
+    docs = []
+    for f in sorted(packaged_bbc_dir().glob("*/*.txt")):
+        lines = read_text_file(f).strip().split("\n", 1)
+        if len(lines) == 2 and lines[1].strip():
+            docs.append({"id": f"{f.parent.name}/{f.stem}", "text": lines[1].strip(), "summary": lines[0].strip()})
+    return docs[:limit] if limit else docs
+
+
+def load_jsonl(path: str | Path, text_field: str = "text", summary_field: str = "summary") -> list[dict]:
+    docs = []
+    with open(path, "rb") as fh:
+        for i, raw in enumerate(fh, 1):
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(str(path), f"line {i}", f"broken JSON ({exc.msg})") from None
+            for f in (text_field, summary_field):
+                if f not in obj:
+                    raise DataError(str(path), f"line {i}", f"missing field '{f}'")
+            docs.append({"id": str(i), "text": str(obj[text_field]), "summary": str(obj[summary_field])})
+    return docs
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def rouge(prediction: str, reference: str) -> dict[str, float]:
+    scorer = _scorer()
+    s = scorer.score(reference, prediction)
+    return {k: float(v.fmeasure) for k, v in s.items()}
+
+
+_SCORER = None
+
+
+def _scorer():
+    global _SCORER
+    if _SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _SCORER = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    return _SCORER
+
+
+def oracle_labels(sentences: list[str], reference: str, max_sentences: int = 5) -> list[int]:
+    """Greedy oracle: add the sentence that most improves ROUGE-1+2 F1 until no sentence improves it."""
+    chosen: list[int] = []
+    best = 0.0
+    for _ in range(min(max_sentences, len(sentences))):
+        gains = []
+        for i in range(len(sentences)):
+            if i in chosen:
+                continue
+            cand = " ".join(sentences[j] for j in sorted(chosen + [i]))
+            r = rouge(cand, reference)
+            gains.append((r["rouge1"] + r["rouge2"], i))
+        if not gains:
+            break
+        score, idx = max(gains)
+        if score <= best:
+            break
+        best = score
+        chosen.append(idx)
+    return [1 if i in chosen else 0 for i in range(len(sentences))]
+
+
+def lead_k(sentences: list[str], k: int) -> list[int]:
+    return list(range(min(k, len(sentences))))
+
+
+def textrank(sentences: list[str], k: int, damping: float = 0.85, iters: int = 50) -> list[int]:
+    """TextRank over TF-IDF cosine similarity (PageRank by power iteration); returns top-k in document order."""
+    if len(sentences) <= k:
+        return list(range(len(sentences)))
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    try:
+        x = TfidfVectorizer(stop_words="english").fit_transform(sentences)
+    except ValueError:  # only stop words
+        return lead_k(sentences, k)
+    sim = (x @ x.T).toarray()
+    np.fill_diagonal(sim, 0.0)
+    rows = sim.sum(1, keepdims=True)
+    trans = np.divide(sim, rows, out=np.full_like(sim, 1.0 / len(sentences)), where=rows > 0)
+    r = np.full(len(sentences), 1.0 / len(sentences))
+    for _ in range(iters):
+        r = (1 - damping) / len(sentences) + damping * trans.T @ r
+    return sorted(np.argsort(-r, kind="stable")[:k].tolist())
+
+
+def summary_of(sentences: list[str], idx: list[int]) -> str:
+    return " ".join(sentences[i] for i in sorted(idx))
+
+
+# ------------------------------------------------------------------------------ extractive (long encoder)
+
+
+def sentence_features(long_model, tokenizer, sentences: list[str], max_tokens: int) -> np.ndarray:
+    """Encode the document once with one [CLS] marker before every sentence (global attention on the markers);
+    the markers' final hidden states are the sentence representations."""
+    import torch
+
+    ids, marks = [], []
+    for s in sentences:
+        toks = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if len(ids) + len(toks) + 2 > max_tokens:
+            break
+        marks.append(len(ids))
+        ids += [tokenizer.cls_token_id] + toks
+    ids.append(tokenizer.sep_token_id)
+    x = torch.tensor([ids])
+    glob = torch.zeros_like(x, dtype=torch.bool)
+    glob[0, marks] = True
+    with torch.inference_mode():
+        h = long_model.embeddings(input_ids=x)
+        for layer in long_model.layers:
+            h = layer(h, (torch.ones_like(x, dtype=torch.bool), glob))
+    feats = h[0, marks].numpy()
+    if len(marks) < len(sentences):  # sentences past max_tokens: zero features (they score low)
+        feats = np.vstack([feats, np.zeros((len(sentences) - len(marks), feats.shape[1]), dtype=feats.dtype)])
+    position = (np.arange(len(sentences)) / max(1, len(sentences) - 1))[:, None]
+    return np.hstack([feats, position, (np.arange(len(sentences)) == 0)[:, None].astype(float)])
+
+
+# ----------------------------------------------------------------------------------------- the experiment
+
+
+def load_docs(cfg: dict) -> tuple[list[dict], str]:
+    d = cfg["data"]
+    if d["source"] == "bbc-summary":
+        return load_bbc_summary(d["path"]), f"bbc-summary:{d['path']}"
+    if d["source"] == "jsonl":
+        return load_jsonl(d["path"], d.get("text_field", "text"), d.get("summary_field", "summary")), f"jsonl:{d['path']}"
+    return load_bbc_headlines(), "bbc-headlines (packaged corpus; headline as reference)"
+
+
+def _score(docs: list[dict], picks: list[list[int]], seconds: float) -> dict:
+    rs = [rouge(summary_of(d["sentences"], p), d["summary"]) for d, p in zip(docs, picks)]
+    return {"eval/rouge1": float(np.mean([r["rouge1"] for r in rs])), "eval/rouge2": float(np.mean([r["rouge2"] for r in rs])),
+            "eval/rougeL": float(np.mean([r["rougeL"] for r in rs])),
+            "eval/summary_words": float(np.mean([len(summary_of(d["sentences"], p).split()) for d, p in zip(docs, picks)])),
+            "eval/seconds_per_doc": seconds / max(1, len(docs)), "eval/num_docs": len(docs)}
+
+
+def _choose_k(val: list[dict], k_values: list[int], pick) -> int:
+    def r2(k):
+        return np.mean([rouge(summary_of(d["sentences"], pick(d, k)), d["summary"])["rouge2"] for d in val])
+
+    return max(k_values, key=r2)
+
+
+def run(cfg: dict, long_cfg: dict, model_dir: str, seed: int, work: str) -> dict:
+    """Lead-k, TextRank and the long-encoder extractive summarizer on the same test documents (k chosen on
+    validation for each), plus an abstractive model when configured. Returns metrics per method."""
+    import time
+
+    from sklearn.linear_model import LogisticRegression
+
+    from tasks import longify, models
+
+    docs, where = load_docs(cfg)
+    if cfg["data"].get("max_docs") and cfg["data"]["max_docs"] < len(docs):  # a seeded sample across all classes
+        rng = np.random.default_rng(seed)
+        docs = [docs[i] for i in sorted(rng.permutation(len(docs))[: cfg["data"]["max_docs"]])]
+    if len(docs) < 8:
+        raise DataError(where, "summarize.data", f"{len(docs)} documents; need at least 8 (train/validation/test)")
+    for d in docs:
+        d["sentences"] = split_sentences(d["text"]) or [d["text"]]
+    order = np.random.default_rng(seed).permutation(len(docs))
+    n = len(docs)
+    train_docs = [docs[i] for i in order[: n // 2]]
+    val = [docs[i] for i in order[n // 2 : 3 * n // 4]]
+    test = [docs[i] for i in order[3 * n // 4 :]]
+    methods: dict[str, dict] = {}
+
+    k = _choose_k(val, cfg["k_values"], lambda d, k: lead_k(d["sentences"], k))
+    t = time.perf_counter()
+    picks = [lead_k(d["sentences"], k) for d in test]
+    methods["lead-k"] = {"k": k, "metrics": _score(test, picks, time.perf_counter() - t)}
+
+    k = _choose_k(val, cfg["k_values"], lambda d, k: textrank(d["sentences"], k))
+    t = time.perf_counter()
+    picks = [textrank(d["sentences"], k) for d in test]
+    methods["textrank"] = {"k": k, "metrics": _score(test, picks, time.perf_counter() - t)}
+
+    # extractive: the long encoder (sliding window + global markers) scores sentences; a linear head is trained on
+    # greedy-ROUGE oracle labels of the training documents
+    tok = models.load_tokenizer(model_dir)
+    tok.model_max_length = 10**9
+    long = longify.longify(model_dir, long_cfg["max_positions"], long_cfg["attention_window"], "sliding")
+    max_tokens = min(cfg["max_tokens"], long_cfg["max_positions"])
+    feats, ys = [], []
+    for d in train_docs:
+        feats.append(sentence_features(long, tok, d["sentences"], max_tokens))
+        ys.extend(oracle_labels(d["sentences"], d["summary"], cfg["oracle_max_sentences"]))
+    x = np.vstack(feats)
+    clf = LogisticRegression(max_iter=2000, class_weight="balanced", C=0.5).fit(x, ys)
+
+    def scores(d):
+        if "_scores" not in d:
+            d["_scores"] = clf.decision_function(sentence_features(long, tok, d["sentences"], max_tokens))
+        return d["_scores"]
+
+    k = _choose_k(val, cfg["k_values"], lambda d, k: sorted(np.argsort(-scores(d), kind="stable")[:k].tolist()))
+    t = time.perf_counter()
+    picks = [sorted(np.argsort(-scores(d), kind="stable")[:k].tolist()) for d in test]
+    methods["extractive-long"] = {"k": k, "train_docs": len(train_docs), "oracle_positive_rate": float(np.mean(ys)),
+                                  "metrics": _score(test, picks, time.perf_counter() - t)}
+
+    if cfg.get("abstractive_model"):
+        methods["abstractive"] = abstractive(cfg["abstractive_model"], test, cfg.get("generation") or {})
+    return {"data": where, "num_test": len(test), "methods": methods}
+
+
+def abstractive(model_id: str, test: list[dict], generation: dict) -> dict:
+    """Seq2seq generation (LED for long inputs, e.g. allenai/led-base-16384) with settings from the config."""
+    import time
+
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    path = __import__("tasks.models", fromlist=["resolve_source"]).resolve_source(model_id)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(path, use_safetensors=True).eval()
+    max_in = getattr(model.config, "max_encoder_position_embeddings", None) or getattr(model.config, "max_position_embeddings", 1024)
+    outs, t = [], time.perf_counter()
+    with torch.inference_mode():
+        for d in test:
+            enc = tok(d["text"], truncation=True, max_length=max_in, return_tensors="pt")
+            enc.pop("token_type_ids", None)  # seq2seq models take none (a BERT-style tokenizer adds them)
+            extra = {}
+            if model.config.model_type == "led":
+                g = torch.zeros_like(enc["input_ids"])
+                g[:, 0] = 1
+                extra["global_attention_mask"] = g
+            ids = model.generate(**enc, **extra, **generation)
+            outs.append(tok.decode(ids[0], skip_special_tokens=True))
+    seconds = time.perf_counter() - t
+    rs = [rouge(o, d["summary"]) for o, d in zip(outs, test)]
+    return {"model": model_id, "metrics": {
+        "eval/rouge1": float(np.mean([r["rouge1"] for r in rs])), "eval/rouge2": float(np.mean([r["rouge2"] for r in rs])),
+        "eval/rougeL": float(np.mean([r["rougeL"] for r in rs])), "eval/summary_words": float(np.mean([len(o.split()) for o in outs])),
+        "eval/seconds_per_doc": seconds / max(1, len(test)), "eval/num_docs": len(test)}}

@@ -1,0 +1,33 @@
+"""Run the real `effilm` CLI in a subprocess (its own Prefect temporary server), against a given MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_args(model_dir, out, **extra) -> list[str]:
+    sets = {"model.source": str(model_dir), "model.max_length": 64, "output_dir": str(out), "data.max_samples": 120,
+            "train.max_steps": 4, "train.batch_size": 8, "benchmark.seq_len": 32, "benchmark.batch_sizes": "[1]",
+            "benchmark.threads": "[1]", "benchmark.iters": 3, "benchmark.warmup": 0, "benchmark.max_seconds": 1,
+            "variants": "[]", **extra}
+    args = ["run", "mobile-bert", "--profile", "quick"]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    return args
+
+
+def env_for(tmp: Path, uri: str, **extra) -> dict:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "prefect-results"),
+           "HF_HUB_OFFLINE": "1", "EFFILM_LOG_LEVEL": "WARNING", **extra}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def effilm(args: list[str], env: dict, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)

@@ -1,0 +1,91 @@
+"""Two flow runs at once on the embedded sqlite store; safe defaults."""
+
+import pytest
+from mlflow import MlflowClient
+
+from tasks import caching, config, models, tracking
+from tests.reliability.helpers import effilm, env_for, tiny_args
+
+
+@pytest.mark.integration
+def test_two_flows_at_once_on_sqlite(tiny_model_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = env_for(tmp_path, uri)
+    procs = [effilm(tiny_args(tiny_model_dir, tmp_path / f"out{i}", seed=i), env) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("effilm/mobile-bert")
+    rs = c.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["variant"] for r in rs) == ["parent", "parent", "teacher-fp32", "teacher-fp32"]
+    assert all(r.info.status == "FINISHED" and "eval/accuracy" in r.data.metrics for r in rs if r.data.tags["variant"] != "parent")
+
+
+def test_busy_store_message_says_what_to_do():
+    err = tracking.TrackingStoreBusy("x")
+    assert isinstance(err, RuntimeError)
+    assert tracking._busy(Exception("(sqlite3.OperationalError) database is locked"))
+
+
+def test_ui_binds_loopback_by_default():
+    from flows.cli import build_parser
+
+    a = build_parser().parse_args(["ui"])
+    assert a.host == "127.0.0.1"
+
+
+def test_paths_cannot_escape_output_folder(tmp_path):
+    assert caching.safe_join(tmp_path, "a", "b") == (tmp_path / "a" / "b").resolve()
+    with pytest.raises(ValueError, match="outside the output folder"):
+        caching.safe_join(tmp_path, "..", "etc")
+    with pytest.raises(ValueError):
+        caching.safe_join(tmp_path, "/etc/passwd")
+
+
+def test_trust_remote_code_off_by_default():
+    cfg = config.load_config("mobile-bert", "quick")
+    assert cfg.model.trust_remote_code is False
+    assert all(getattr(s, "trust_remote_code", False) is False for v in cfg.variants for s in v.steps)
+
+
+def test_pickle_weights_are_refused(tiny_model_dir, tmp_path):
+    """A folder with only a pickled pytorch_model.bin is not loaded (safetensors only)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    m = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    d = tmp_path / "pickled"
+    d.mkdir()
+    m.config.save_pretrained(d)
+    torch.save(m.state_dict(), d / "pytorch_model.bin")
+    models.load_tokenizer(str(tiny_model_dir)).save_pretrained(d)
+    with pytest.raises(Exception):
+        models.load_classifier(str(d), ["a", "b"])
+
+
+def test_malicious_checkpoint_pickle_is_not_executed(tiny_model_dir, tmp_path):
+    """Trainer state (.pt, unavoidable for optimizer state) is read with weights_only=True: code in it never runs."""
+    import pickle
+
+    import torch
+
+    from tasks import train
+
+    evidence = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(evidence), "w"))
+
+    ckpt = tmp_path / "work" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    with open(ckpt / train.STATE_FILE, "wb") as fh:
+        pickle.dump({"step": 1, "x": Evil()}, fh)
+    m = models.load_classifier(str(tiny_model_dir), ["a", "b"])
+    tok = models.load_tokenizer(str(tiny_model_dir))
+    cfg = {"epochs": 1, "batch_size": 2, "learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0,
+           "max_grad_norm": 1.0, "checkpoint_every": 10, "max_steps": 2, "device": "cpu"}
+    with pytest.raises(pickle.UnpicklingError):
+        train.train_loop(m, tok, ["a b", "c d"], [0, 1], cfg, 0, 16, tmp_path / "work")
+    assert not evidence.exists()
