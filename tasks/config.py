@@ -276,7 +276,9 @@ class ScalingConfig(Strict):
 
 
 class SummarizeData(Strict):
-    source: Literal["bbc-headlines", "bbc-summary", "jsonl"] = "bbc-headlines"
+    source: str = Field("bbc-headlines", description="bbc-headlines | bbc-summary | jsonl | hf:<dataset>")
+    hf_config: str | None = None
+    hf_split: str = "test"
     path: str | None = None
     text_field: str = "text"
     summary_field: str = "summary"
@@ -284,7 +286,9 @@ class SummarizeData(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "SummarizeData":
-        if self.source != "bbc-headlines":
+        if not (self.source in ("bbc-headlines", "bbc-summary", "jsonl") or self.source.startswith("hf:")):
+            raise ValueError(f"source: unknown summarization source '{self.source}'; use bbc-headlines, bbc-summary, jsonl or hf:<name>")
+        if self.source in ("bbc-summary", "jsonl"):
             if not self.path:
                 raise ValueError(f"path: summarization source '{self.source}' needs summarize.data.path")
             if not Path(self.path).expanduser().exists():

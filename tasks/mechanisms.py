@@ -57,6 +57,37 @@ def to_hf_longformer(model_dir: str, max_positions: int, attention_window: int):
     return lf
 
 
+def to_hf_bigbird(model_dir: str, max_positions: int, block_size: int = 64, num_random_blocks: int = 3):
+    """Convert a BERT classifier into HF BigBird (block-sparse attention; same layer names, positions copied)."""
+    from transformers import BigBirdConfig, BigBirdForSequenceClassification
+
+    bert = models.load_hf_model(model_dir)
+    c = bert.config
+    cfg = BigBirdConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+                        num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+                        hidden_act=c.hidden_act, layer_norm_eps=c.layer_norm_eps, type_vocab_size=c.type_vocab_size,
+                        max_position_embeddings=max_positions, pad_token_id=c.pad_token_id or 0,
+                        attention_type="block_sparse", block_size=block_size, num_random_blocks=num_random_blocks,
+                        num_labels=c.num_labels, id2label=c.id2label, label2id=c.label2id)
+    bb = BigBirdForSequenceClassification(cfg).eval()
+    sd = bert.state_dict()
+    new = bb.state_dict()
+    for k in new:
+        if k == "bert.embeddings.position_embeddings.weight":
+            old = sd[k]
+            for start in range(0, max_positions, old.shape[0]):
+                n = min(old.shape[0], max_positions - start)
+                new[k][start : start + n] = old[:n]
+        elif k.startswith("classifier.dense."):
+            new[k] = sd[k.replace("classifier.dense.", "bert.pooler.dense.")]
+        elif k.startswith("classifier.out_proj."):
+            new[k] = sd[k.replace("classifier.out_proj.", "classifier.")]
+        elif k in sd and sd[k].shape == new[k].shape:
+            new[k] = sd[k]
+    bb.load_state_dict(new)
+    return bb
+
+
 def classifier_for(mechanism: str, model_dir: str, long_cfg: dict):
     """-> (callable(text) -> logits[1, C], tokenizer)."""
     tokenizer = models.load_tokenizer(model_dir)
@@ -95,8 +126,15 @@ def classifier_for(mechanism: str, model_dir: str, long_cfg: dict):
             return lf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], global_attention_mask=glob).logits
 
         return run, tokenizer
-    raise ValueError(f"mechanism {mechanism!r} cannot classify here (known for evaluation: truncate-512, chunked-512, "
-                     "sliding-window, full-long, hf-longformer)")
+    if mechanism == "bigbird":
+        bb = to_hf_bigbird(model_dir, long_cfg["max_positions"])
+
+        def run(text: str):
+            enc = tokenizer(text, truncation=True, max_length=max_tokens, return_tensors="pt")
+            return bb(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+
+        return run, tokenizer
+    raise ValueError(f"unknown mechanism {mechanism!r}")
 
 
 def bucket_name(lo: int, hi: int | None) -> str:

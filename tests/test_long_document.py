@@ -32,7 +32,7 @@ def test_hf_longformer_conversion_matches_our_sliding_window(tiny_cls):
     assert torch.allclose(a, b, atol=1e-4), (a, b)
 
 
-@pytest.mark.parametrize("mech", ["truncate-512", "chunked-512", "sliding-window", "full-long", "hf-longformer"])
+@pytest.mark.parametrize("mech", ["truncate-512", "chunked-512", "sliding-window", "full-long", "hf-longformer", "bigbird"])
 def test_each_mechanism_classifies_a_long_document(tiny_cls, mech):
     run, _ = mechanisms.classifier_for(mech, tiny_cls, LONG)
     with torch.no_grad():
