@@ -228,6 +228,9 @@ class MobileBertConfig(Strict):
 
     @model_validator(mode="after")
     def _check_variants(self) -> "MobileBertConfig":
+        if self.benchmark.seq_len > self.model.max_length:
+            raise ValueError(f"benchmark.seq_len: {self.benchmark.seq_len} contradicts model.max_length="
+                             f"{self.model.max_length} (the model never sees that many tokens)")
         seen = {"teacher"}
         for i, v in enumerate(self.variants):
             if v.name in seen:

@@ -21,6 +21,7 @@ def no_runs(uri):
     ("variants=[{name: a, source: b, steps: [{technique: quantize}]}]", "variants.0.source", "earlier variant"),
     ("data.source=csv", "data.path", "needs data.path"),
     ("constraints.max_accuracy_drop=2", "constraints.max_accuracy_drop", "less than or equal to 1"),
+    ("benchmark.seq_len=256", "benchmark.seq_len", "contradicts model.max_length"),
 ])
 def test_bad_config_exit_2_and_no_run(override, key, fragment, mlflow_uri, capsys):
     assert main(["run", "mobile-bert", "--set", override]) == 2

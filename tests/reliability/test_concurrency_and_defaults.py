@@ -1,5 +1,7 @@
 """Two flow runs at once on the embedded sqlite store; safe defaults."""
 
+import os
+
 import pytest
 from mlflow import MlflowClient
 
@@ -89,3 +91,47 @@ def test_malicious_checkpoint_pickle_is_not_executed(tiny_model_dir, tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         train.train_loop(m, tok, ["a b", "c d"], [0, 1], cfg, 0, 16, tmp_path / "work")
     assert not evidence.exists()
+
+
+@pytest.mark.integration
+def test_two_flows_at_once_against_an_mlflow_server(tiny_model_dir, tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts): two concurrent flows lose nothing."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        env = env_for(tmp_path, uri)
+        procs = [effilm(tiny_args(tiny_model_dir, tmp_path / f"out{i}", seed=i), env) for i in range(2)]
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+        for p, out in zip(procs, outs):
+            assert p.returncode == 0, out[-3000:]
+        c = MlflowClient(uri)
+        rs = c.search_runs([c.get_experiment_by_name("effilm/mobile-bert").experiment_id])
+        assert sorted(r.data.tags["variant"] for r in rs) == ["parent", "parent", "teacher-fp32", "teacher-fp32"]
+        for r in rs:
+            assert r.info.status == "FINISHED"
+            if r.data.tags["variant"] == "teacher-fp32":
+                assert "eval/accuracy" in r.data.metrics
+                assert "model/MLmodel" in {a.path for a in c.list_artifacts(r.info.run_id, "model")}
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(30)
