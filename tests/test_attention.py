@@ -7,8 +7,10 @@ from tasks import attention, longify
 from tests.conftest import make_tiny_model
 
 
-@pytest.mark.parametrize("n, w, n_global, pad", [(37, 4, 0, 0), (64, 8, 1, 0), (50, 8, 3, 7), (16, 16, 1, 0), (9, 4, 2, 2)])
-def test_sliding_matches_reference(n, w, n_global, pad):
+@pytest.mark.parametrize("backend", ["blocked", "flex"])
+@pytest.mark.parametrize("n, w, n_global, pad", [(37, 4, 0, 0), (64, 8, 1, 0), (50, 8, 3, 7), (16, 16, 1, 0), (9, 4, 2, 2),
+                                                 (700, 32, 2, 30)])
+def test_sliding_matches_reference(n, w, n_global, pad, backend):
     torch.manual_seed(n + w)
     b, h, d = 2, 3, 8
     q, k, v = (torch.randn(b, h, n, d) for _ in range(3))
@@ -20,7 +22,7 @@ def test_sliding_matches_reference(n, w, n_global, pad):
     if n_global:
         glob[:, 0] = True
         glob[0, torch.randperm(n - 1)[: n_global - 1] + 1] = True  # rows with different global counts
-    ours = attention.sliding_window_attention(q, k, v, w, keep, glob, (gq, gk, gv))
+    ours = attention.sliding_window_attention(q, k, v, w, keep, glob, (gq, gk, gv), backend=backend)
     ref = attention.reference_attention(q, k, v, w, keep, glob, (gq, gk, gv))
     real = keep[:, None, :, None].expand_as(ref)
     assert torch.allclose(ours[real], ref[real], atol=1e-5), (ours - ref)[real].abs().max()
