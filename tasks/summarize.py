@@ -149,24 +149,30 @@ def lead_k(sentences: list[str], k: int) -> list[int]:
     return list(range(min(k, len(sentences))))
 
 
-def textrank(sentences: list[str], k: int, damping: float = 0.85, iters: int = 50) -> list[int]:
-    """TextRank over TF-IDF cosine similarity (PageRank by power iteration); returns top-k in document order."""
-    if len(sentences) <= k:
-        return list(range(len(sentences)))
+def textrank_scores(sentences: list[str], damping: float = 0.85, iters: int = 50) -> np.ndarray:
+    """PageRank over the TF-IDF cosine-similarity graph of the sentences (power iteration)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    n = len(sentences)
     try:
         x = TfidfVectorizer(stop_words="english").fit_transform(sentences)
     except ValueError:  # only stop words
-        return lead_k(sentences, k)
+        return np.linspace(1.0, 0.0, n)
     sim = (x @ x.T).toarray()
     np.fill_diagonal(sim, 0.0)
     rows = sim.sum(1, keepdims=True)
-    trans = np.divide(sim, rows, out=np.full_like(sim, 1.0 / len(sentences)), where=rows > 0)
-    r = np.full(len(sentences), 1.0 / len(sentences))
+    trans = np.divide(sim, rows, out=np.full_like(sim, 1.0 / n), where=rows > 0)
+    r = np.full(n, 1.0 / n)
     for _ in range(iters):
-        r = (1 - damping) / len(sentences) + damping * trans.T @ r
-    return sorted(np.argsort(-r, kind="stable")[:k].tolist())
+        r = (1 - damping) / n + damping * trans.T @ r
+    return r
+
+
+def textrank(sentences: list[str], k: int) -> list[int]:
+    """TextRank: the top-k sentences by PageRank centrality, in document order."""
+    if len(sentences) <= k:
+        return list(range(len(sentences)))
+    return sorted(np.argsort(-textrank_scores(sentences), kind="stable")[:k].tolist())
 
 
 def summary_of(sentences: list[str], idx: list[int]) -> str:
@@ -199,8 +205,15 @@ def sentence_features(long_model, tokenizer, sentences: list[str], max_tokens: i
     feats = h[0, marks].numpy()
     if len(marks) < len(sentences):  # sentences past max_tokens: zero features (they score low)
         feats = np.vstack([feats, np.zeros((len(sentences) - len(marks), feats.shape[1]), dtype=feats.dtype)])
-    position = (np.arange(len(sentences)) / max(1, len(sentences) - 1))[:, None]
-    return np.hstack([feats, position, (np.arange(len(sentences)) == 0)[:, None].astype(float)])
+    # document-level context for each sentence: similarity of its encoding to the document's mean encoding, its
+    # TF-IDF centrality, its position and length — the encoder features alone are dominated by position
+    norm = feats / (np.linalg.norm(feats, axis=1, keepdims=True) + 1e-6)
+    centroid = norm.mean(0)
+    centroid /= np.linalg.norm(centroid) + 1e-6
+    n = len(sentences)
+    extra = np.stack([norm @ centroid, textrank_scores(sentences) * n, np.arange(n) / max(1, n - 1),
+                      (np.arange(n) == 0).astype(float), np.log1p([len(s.split()) for s in sentences])], axis=1)
+    return np.hstack([norm, extra])
 
 
 # ----------------------------------------------------------------------------------------- the experiment
@@ -294,7 +307,10 @@ def run(cfg: dict, long_cfg: dict, model_dir: str, seed: int, work: str) -> dict
         feats.append(sentence_features(long, tok, d["sentences"], max_tokens))
         ys.extend(oracle_labels(d["sentences"], d["summary"], cfg["oracle_max_sentences"]))
     x = np.vstack(feats)
-    clf = LogisticRegression(max_iter=2000, class_weight="balanced", C=0.5).fit(x, ys)
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, class_weight="balanced", C=0.1)).fit(x, ys)
 
     def scores(d):
         if "_scores" not in d:

@@ -286,7 +286,10 @@ def log_model(run_id: str, model_dir: str, artifact_path: str = "model") -> str:
 def download_model(run_id: str, artifact_path: str = "model", dst: str | None = None) -> str:
     """-> local effilm model folder (the safetensors folder inside the logged pyfunc model)."""
     local = client().download_artifacts(run_id, artifact_path, dst or tempfile.mkdtemp(prefix="effilm-model-"))
-    return str(Path(local) / "artifacts" / "model_dir")
+    found = sorted(p.parent for p in (Path(local) / "artifacts").rglob("effilm.json"))
+    if not found:
+        raise FileNotFoundError(f"run {run_id}: no effilm model folder inside artifact '{artifact_path}'")
+    return str(found[0])
 
 
 def get_run(run_id: str):
