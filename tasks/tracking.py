@@ -35,10 +35,37 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+_READY: set[str] = set()
+
+
+def _init_sqlite_store(uri: str) -> None:
+    """Create/migrate an embedded sqlite store under a file lock: two flows starting at once on a fresh store
+    would otherwise race in MLflow's schema migrations ("duplicate column name")."""
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    m = re.match(r"sqlite:///(.+)$", uri)
+    if not m:
+        return
+    db = Path(m.group(1))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(db) + ".effilm-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def client():
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri(), registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri())
+    uri = tracking_uri()
+    if uri not in _READY:
+        _init_sqlite_store(uri)
+        _READY.add(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
 
 
 def _local_artifact_root(uri: str) -> str | None:
