@@ -6,9 +6,11 @@ step's own settings plus the shared context the flow passes (``data``, ``train``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from tasks import architectures, distill, export, layers, prune, quantize, vocab
+from tasks.models import MANIFEST
 
 TECHNIQUES: dict[str, Callable[[str, dict], str]] = {
     "quantize": quantize.compress,
@@ -25,10 +27,6 @@ TECHNIQUES: dict[str, Callable[[str, dict], str]] = {
 def run_step(model_dir: str, step: dict, context: dict, out_dir: str) -> str:
     """Apply one configured step. Returns the new model folder (written atomically). The folder is named by the
     step's inputs, so a complete one from an earlier (or killed) run is reused instead of recomputed."""
-    from pathlib import Path
-
-    from tasks.models import MANIFEST
-
     if (Path(out_dir) / MANIFEST).is_file():  # folders are written atomically: a manifest means complete
         return out_dir
     technique = step["technique"]
