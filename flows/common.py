@@ -6,10 +6,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
 
-from tasks import tracking
-from tasks.caching import code_version, result_paths
+from tasks import data, tracking, train
+from tasks.caching import CACHE, code_version, result_paths
+
+
+# Transient failures are retried by Prefect; MLflow runs are opened by the flows, not by tasks, so a retry never
+# duplicates a run. Training resumes from its checkpoint when retried.
+@task(name="load-data", retries=1, retry_delay_seconds=2)
+def load_data(data_cfg: dict, seed: int, out_root: str) -> dict:
+    return data.prepare(data_cfg, seed, out_root)
+
+
+@task(name="fine-tune", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
+def fine_tune(model_cfg: dict, train_cfg: dict, data_info: dict, seed: int, work: str) -> dict:
+    return train.fine_tune(model_cfg, train_cfg, data_info, seed, work)
 
 
 def call(task_fn, label: str, **kwargs: Any) -> Any:

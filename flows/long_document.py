@@ -14,21 +14,14 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import base_tags, call
-from tasks import config, data, mechanisms, models, scaling, summarize, tracking, train
+from flows.common import base_tags, call, fine_tune, load_data
+from tasks import config, data, mechanisms, models, scaling, summarize, tracking
 from tasks.caching import CACHE, work_dir
 
 STUDY = "long-document"
 
 
-@task(name="load-data", retries=1, retry_delay_seconds=2)
-def load_data(data_cfg: dict, seed: int, out_root: str) -> dict:
-    return data.prepare(data_cfg, seed, out_root)
-
-
-@task(name="fine-tune-base", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
-def fine_tune_base(model_cfg: dict, train_cfg: dict, data_info: dict, seed: int, work: str) -> dict:
-    return train.fine_tune(model_cfg, train_cfg, data_info, seed, work)
+fine_tune_base = fine_tune.with_options(name="fine-tune-base")
 
 
 @task(name="evaluate-mechanism", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)

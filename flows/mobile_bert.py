@@ -14,10 +14,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import base_tags, call
+from flows.common import base_tags, call, fine_tune, load_data
 import numpy as np
 
-from tasks import benchmark, compress, config, data, evaluate, models, report, select, tracking, train
+from tasks import benchmark, compress, config, evaluate, models, report, select, tracking
 from tasks.caching import CACHE, work_dir
 
 STUDY = "mobile-bert"
@@ -26,16 +26,7 @@ STUDY = "mobile-bert"
 # ---------------------------------------------------------------------------------------------- tasks
 
 
-# Transient failures are retried by Prefect; MLflow runs are opened by the flow, not by tasks, so a retry never
-# duplicates a run. Training tasks resume from their checkpoint when retried.
-@task(name="load-data", retries=1, retry_delay_seconds=2)
-def load_data(data_cfg: dict, seed: int, out_root: str) -> dict:
-    return data.prepare(data_cfg, seed, out_root)
-
-
-@task(name="fine-tune-teacher", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
-def fine_tune_teacher(model_cfg: dict, train_cfg: dict, data_info: dict, seed: int, work: str) -> dict:
-    return train.fine_tune(model_cfg, train_cfg, data_info, seed, work)
+fine_tune_teacher = fine_tune.with_options(name="fine-tune-teacher")
 
 
 @task(name="compress", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)

@@ -205,14 +205,17 @@ def load_hf_model(model_dir: str | Path, manifest: dict | None = None):
     return model.eval()
 
 
-def _hf_runner(model_dir: str | Path, manifest: dict):
-    model = load_hf_model(model_dir, manifest)
-
+def eager_runner(model):
+    """The runner interface (input_ids, attention_mask) -> logits for an eager PyTorch classifier."""
     def run(input_ids, attention_mask):
         return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     run.model = model
     return run
+
+
+def _hf_runner(model_dir: str | Path, manifest: dict):
+    return eager_runner(load_hf_model(model_dir, manifest))
 
 
 def _loaders() -> dict:

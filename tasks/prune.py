@@ -87,13 +87,7 @@ def load_sparse_runner(model_dir: str | Path, manifest: dict):
         dense[mask] = state.pop(f"{name}.weight_values")
         state[f"{name}.weight"] = dense.view(shape)
     model.load_state_dict(state, strict=False)
-    model.eval()
-
-    def run(input_ids, attention_mask):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    run.model = model
-    return run
+    return models.eager_runner(model.eval())
 
 
 def compress_unstructured(model_dir: str, cfg: dict) -> str:
@@ -201,7 +195,7 @@ def compress_structured(model_dir: str, cfg: dict) -> str:
             enc = models.encode(tokenizer, texts, max_length)
             batches.append({**enc, "labels": torch.tensor([label_ids[j] for j in sel])})
     scores = importance(model, cfg.get("importance", "weight"), batches)
-    structure = prune_structure(model, scores, cfg.get("ffn_fraction", 0.5), cfg.get("heads_fraction", 0.0))
+    prune_structure(model, scores, cfg.get("ffn_fraction", 0.5), cfg.get("heads_fraction", 0.0))
     after = models.count_params(model)
     log.info("structured pruning: %d -> %d parameters (%.1f%%)", before, after, 100 * after / before)
     stats = {}

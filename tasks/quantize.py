@@ -125,12 +125,7 @@ def load_int8_runner(model_dir: str | Path, manifest: dict):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load_int8_model(model_dir, manifest)
-
-    def run(input_ids, attention_mask):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    run.model = model
-    return run
+    return models.eager_runner(model)
 
 
 def compress(model_dir: str, cfg: dict) -> str:

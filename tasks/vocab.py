@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from pathlib import Path
 
 import torch
 import torch.nn as nn
