@@ -3,6 +3,10 @@
     effilm run mobile-bert --profile quick --set train.epochs=1
     effilm run all --profile quick
     effilm validate mobile-bert --profile full
+    effilm compare [--experiment effilm/mobile-bert] [--run RUN_ID] [--metrics 'eval/*' ...]
+    effilm reproduce RUN_ID [--force]
+    effilm server start|stop|status          # a local Prefect server with the scheduler
+    effilm serve all                         # deployments with the case-study schedules
     effilm ui
 """
 
@@ -58,6 +62,60 @@ def cmd_run(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from tasks import compare, tracking
+
+    try:
+        table = compare.collect(a.experiment, a.run, a.metrics)
+    except compare.CompareError as exc:
+        raise ConfigError("effilm compare", None, str(exc)) from None
+    parent = table["parent"]
+    print(f"{parent.info.run_name}  (run {parent.info.run_id}, {parent.info.status}, {tracking.tracking_uri()})")
+    print(compare.render_text(table))
+    paths = compare.write(table, a.out)
+    print(f"\nwrote {paths['csv']} and {paths['markdown']}")
+    ids = [r["run_id"] for r in table["rows"]]
+    print("MLflow compare view (with `effilm ui` running):",
+          tracking.ui_compare_url(f"http://127.0.0.1:{a.ui_port}", parent.info.experiment_id, ids))
+    return 0
+
+
+def cmd_reproduce(a) -> int:
+    from flows.reproduce import reproduce
+
+    report = reproduce(a.run_id, force=a.force, output_dir=a.output_dir, latency_tolerance=a.latency_tolerance)
+    print(report.markdown())
+    return 0 if report.ok else 1
+
+
+def cmd_server(a) -> int:
+    from flows import server
+
+    if a.action == "start":
+        info = server.start(a.host, a.port)
+        word = "already running" if info.get("already_running") else "started"
+        print(f"Prefect server {word} (pid {info['pid']}): UI {info['ui_url']}, log {info['log']}\n"
+              f"effilm commands in this folder use it; elsewhere: export PREFECT_API_URL={info['api_url']}")
+    elif a.action == "stop":
+        info = server.stop()
+        print(f"stopped Prefect server pid {info['pid']}" if info else "no Prefect server started from this folder")
+    else:
+        info = server.running()
+        print(f"running (pid {info['pid']}): {info['ui_url']}" if info else "not running")
+        return 0 if info else 1
+    return 0
+
+
+def cmd_serve(a) -> int:
+    from flows.serve import serve
+
+    studies = _studies(a.case_study)
+    if a.config and len(studies) > 1:
+        raise ConfigError("--config", "case_study", "--config applies to one case study; name it instead of 'all'")
+    serve(studies, a.profile, a.set or [], a.config, cron=a.cron, interval=a.interval, limit=a.limit)
+    return 0
+
+
 def cmd_ui(a) -> int:
     from tasks.tracking import tracking_uri
 
@@ -87,6 +145,31 @@ def build_parser() -> argparse.ArgumentParser:
     study_args(v)
     v.add_argument("--show", action="store_true", help="print the resolved configuration")
     v.set_defaults(fn=cmd_validate)
+    c = sub.add_parser("compare", help="the variants of a flow run side by side (terminal, CSV, markdown)")
+    c.add_argument("--experiment", help="MLflow experiment (default effilm/mobile-bert); its newest flow run is shown")
+    c.add_argument("--run", help="a flow (parent) run id, or one of its variant runs")
+    c.add_argument("--metrics", nargs="+", metavar="PATTERN", help="metric keys or globs, e.g. 'eval/*' 'bench/*_b1_t1'")
+    c.add_argument("--out", default="outputs/compare", help="folder for the CSV and markdown (default outputs/compare)")
+    c.add_argument("--ui-port", type=int, default=5000, help=argparse.SUPPRESS)
+    c.set_defaults(fn=cmd_compare)
+    rp = sub.add_parser("reproduce", help="re-run a recorded MLflow run from its config, data and code; diff the metrics")
+    rp.add_argument("run_id", help="a flow (parent) run, or one variant run (only that variant is rebuilt)")
+    rp.add_argument("--force", action="store_true", help="re-run even if the code or the data changed since")
+    rp.add_argument("--output-dir", help="where the re-run writes (default outputs/reproduce/<run>-<time>)")
+    rp.add_argument("--latency-tolerance", type=float, default=0.30,
+                    help="relative tolerance for timings (bench/*, samples/s); accuracy must match exactly")
+    rp.set_defaults(fn=cmd_reproduce)
+    sv = sub.add_parser("server", help="a local Prefect server (API, UI, scheduler) in the background")
+    sv.add_argument("action", choices=["start", "stop", "status"])
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=4200)
+    sv.set_defaults(fn=cmd_server)
+    se = sub.add_parser("serve", help="serve case-study flows as scheduled Prefect deployments (needs a server)")
+    study_args(se)
+    se.add_argument("--cron", help="override the case-study schedule with this cron expression")
+    se.add_argument("--interval", type=int, help="override the schedule: run every N seconds")
+    se.add_argument("--limit", type=int, help="at most this many flow runs at once")
+    se.set_defaults(fn=cmd_serve)
     u = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
     u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; only change it on purpose)")
     u.add_argument("--port", type=int, default=5000)
@@ -101,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "serve", "reproduce"):
+        from flows import server
+
+        url = server.api_url()  # a server from `effilm server start` in this folder (Prefect reads this at import)
+        if url:
+            os.environ["PREFECT_API_URL"] = url
     from tasks.tracking import TrackingStoreBusy
 
     try:

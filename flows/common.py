@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,43 @@ def call(task_fn, label: str, **kwargs: Any) -> Any:
     return result
 
 
+def task_runner(execution: dict):
+    """The Prefect task runner for a flow's fan-out: threads (default) or Dask (a local cluster of processes, or an
+    existing cluster at ``dask_address`` — its workers need the same code and a shared filesystem for model folders)."""
+    if execution.get("task_runner") == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if execution.get("dask_address"):
+            return DaskTaskRunner(address=execution["dask_address"])
+        return DaskTaskRunner(cluster_kwargs={"n_workers": execution.get("max_workers", 2), "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=execution.get("max_workers", 2))
+
+
+def call_many(task_fn, calls: dict[str, dict], execution: dict) -> dict[str, Any]:
+    """Run independent calls of one task in parallel on the configured task runner; same cache rules as ``call``.
+
+    Returns when every call has finished, so nothing started here is still running afterwards (benchmarks rely on
+    that: they run alone, after the fan-out)."""
+    logger = get_run_logger()
+    with task_runner(execution) as runner:
+        futures = {label: runner.submit(task_fn, parameters=kwargs) for label, kwargs in calls.items()}
+        for f in futures.values():
+            f.wait()
+        out = {}
+        for label, f in futures.items():
+            result = f.result()
+            if f.state.name == "Cached":
+                missing = [p for p in result_paths(result) if not Path(p).exists()]
+                if missing:
+                    logger.warning("%s: cached result points to missing %s; recomputing", label, missing[0])
+                    result = task_fn.with_options(refresh_cache=True)(**calls[label])
+            out[label] = result
+    return out
+
+
 def base_tags(case_study: str, profile: str, fingerprint: str | None = None) -> dict[str, str]:
     tags = {
         "case_study": case_study,
@@ -56,4 +94,14 @@ def base_tags(case_study: str, profile: str, fingerprint: str | None = None) -> 
         pass
     if flow_run:
         tags["prefect_flow_run_id"] = str(flow_run)
+    tags.update(env_tags())
     return tags
+
+
+@functools.lru_cache(maxsize=1)
+def env_tags() -> dict[str, str]:
+    """Environment on every run (the parent also gets pip freeze + environment.json as artifacts)."""
+    env = tracking.environment()
+    return {"env.python": env["python"], "env.torch": env["torch"], "env.transformers": env["transformers"],
+            "env.cpu": str(env.get("cpu_model", env["processor"])), "env.cpu_count": str(env["cpu_count"]),
+            "env.gpu": env["cuda"] or "none"}

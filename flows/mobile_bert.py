@@ -1,20 +1,21 @@
 """Case study 1 — a BERT news classifier made small and fast for mobile.
 
-Recipe: load data -> fine-tune the teacher -> compress each variant -> evaluate -> benchmark -> report -> select
-and register the best variant under the constraints.
+Recipe: load data -> fine-tune the teacher -> compress each variant -> evaluate (in parallel on the task runner) ->
+benchmark (one at a time) -> report -> select and register the best variant under the constraints.
 Every step is a Prefect task over a plain function in ``tasks/``; MLflow holds one parent run per flow run and one
 nested run per variant.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import base_tags, call, fine_tune, load_data
+from flows.common import base_tags, call, call_many, fine_tune, load_data
 import numpy as np
 
 from tasks import benchmark, compress, config, evaluate, models, report, select, tracking
@@ -36,7 +37,7 @@ def compress_step(model_dir: str, step: dict, context: dict, out_dir: str) -> di
 
 @task(name="evaluate", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
 def evaluate_variant(model_dir: str, data_info: dict, eval_cfg: dict, work: str, variant: str) -> dict:
-    return evaluate.evaluate(model_dir, data_info, eval_cfg, work, variant)
+    return {**evaluate.evaluate(model_dir, data_info, eval_cfg, work, variant), "pid": os.getpid()}
 
 
 @task(name="benchmark", cache_policy=CACHE, persist_result=True, retries=2, retry_delay_seconds=2)
@@ -47,17 +48,15 @@ def benchmark_variant(model_dir: str, texts_path: str, bench_cfg: dict, work: st
 # ----------------------------------------------------------------------------------------------- flow
 
 
-def measure_variant(cfg, parent_run_id: str, data_info: dict, variant: str, technique: str, model_dir: str,
-                    extra_metrics: dict | None = None, extra_tags: dict | None = None,
-                    source_predictions: str | None = None) -> dict:
-    """Evaluate + benchmark one model folder and record it as a nested MLflow run."""
+def record_variant(cfg, parent_run_id: str, data_info: dict, variant: str, technique: str, model_dir: str, ev: dict,
+                   extra_metrics: dict | None = None, extra_tags: dict | None = None,
+                   source_predictions: str | None = None) -> dict:
+    """Benchmark one evaluated model folder (alone on the machine) and record it as a nested MLflow run."""
     out = Path(cfg.output_dir)
     key = (model_dir, data_info["fingerprint"])
     with tracking.run(cfg.experiment, variant, {**base_tags(STUDY, cfg.profile, data_info["fingerprint"]),
                                                 "variant": variant, "technique": technique, **(extra_tags or {})},
                       parent_run_id=parent_run_id) as run_id:
-        ev = call(evaluate_variant, f"{variant}/evaluate", model_dir=model_dir, data_info=data_info,
-                  eval_cfg=config.slice_dict(cfg.evaluate), work=work_dir(out, "eval", variant, *key), variant=variant)
         bench = call(benchmark_variant, f"{variant}/benchmark", model_dir=model_dir, texts_path=data_info["paths"]["test"],
                      bench_cfg=config.slice_dict(cfg.benchmark), work=work_dir(out, "bench", variant, *key,
                                                                                 config.slice_dict(cfg.benchmark)))
@@ -70,7 +69,7 @@ def measure_variant(cfg, parent_run_id: str, data_info: dict, variant: str, tech
             tracking.log_artifact(run_id, path, "eval" if not path.endswith("benchmark.json") else "bench")
         tracking.log_model(run_id, model_dir)
     return {"variant": variant, "technique": technique, "run_id": run_id, "model_dir": model_dir,
-            "predictions": ev["artifacts"]["predictions"], **metrics}
+            "predictions": ev["artifacts"]["predictions"], "eval_pid": ev.get("pid"), **metrics}
 
 
 def build_variant(cfg, variant, source_dir: str, context: dict) -> str:
@@ -116,25 +115,38 @@ def mobile_bert(profile: str = "quick", overrides: list[str] | None = None, conf
                        data_info=data_info, seed=cfg.seed,
                        work=work_dir(out, "teacher", model_slice, train_slice, data_info["fingerprint"], cfg.seed))
 
-        # 3. compress, then measure every variant alike
-        results = [measure_variant(cfg, parent, data_info, "teacher-fp32", "baseline", teacher["model_dir"],
-                                   extra_metrics={"train/seconds": teacher.get("train_seconds"),
-                                                  "train/samples_per_second": teacher.get("samples_per_second"),
-                                                  "train/resumed_from_step": teacher.get("resumed_from_step", 0)})]
-        if teacher.get("losses"):
-            tracking.log_metric_history(results[0]["run_id"], "train/loss", teacher["losses"])
-        built = {"teacher": results[0]}
+        # 3. compress: every variant builds on its source (each step a cached task writing its own folder)
         context = {"data": data_info, "train": train_slice, "seed": cfg.seed}
+        dirs, specs = {"teacher": teacher["model_dir"]}, [("teacher-fp32", "baseline", teacher["model_dir"], None)]
+        names = {"teacher": "teacher-fp32"}
         for variant in cfg.variants:
-            source = built[variant.source]
-            model_dir = build_variant(cfg, variant, source["model_dir"], context)
-            technique = "+".join(s.technique for s in variant.steps)
-            built[variant.name] = measure_variant(
-                cfg, parent, data_info, variant.name, technique, model_dir,
-                extra_tags={"source_variant": source["variant"]}, source_predictions=source["predictions"])
-            results.append(built[variant.name])
+            dirs[variant.name] = build_variant(cfg, variant, dirs[variant.source], context)
+            names[variant.name] = variant.name
+            specs.append((variant.name, "+".join(s.technique for s in variant.steps), dirs[variant.name],
+                          names[variant.source]))
 
-        # 4. select under constraints, register, report
+        # 4. evaluate every variant, in parallel on the task runner (execution.task_runner: thread | dask)
+        evals = call_many(evaluate_variant, {
+            name: dict(model_dir=d, data_info=data_info, eval_cfg=config.slice_dict(cfg.evaluate),
+                       work=work_dir(out, "eval", name, d, data_info["fingerprint"]), variant=name)
+            for name, _, d, _ in specs}, config.slice_dict(cfg.execution))
+
+        # 5. benchmark one variant at a time, after the fan-out has finished: latency is measured with nothing else
+        #    running (each benchmark is its own child process with pinned thread counts), then record the runs
+        results = []
+        for name, technique, model_dir, source in specs:
+            extra = {}
+            if name == "teacher-fp32":
+                extra = {"train/seconds": teacher.get("train_seconds"), "train/samples_per_second": teacher.get("samples_per_second"),
+                         "train/resumed_from_step": teacher.get("resumed_from_step", 0)}
+            results.append(record_variant(
+                cfg, parent, data_info, name, technique, model_dir, evals[name], extra_metrics=extra,
+                extra_tags={"source_variant": source} if source else None,
+                source_predictions=evals[source]["artifacts"]["predictions"] if source else None))
+            if name == "teacher-fp32" and teacher.get("losses"):
+                tracking.log_metric_history(results[0]["run_id"], "train/loss", teacher["losses"])
+
+        # 6. select under constraints, register, report
         baseline = results[0]["eval/accuracy"]
         choice = select.select(results, cfg.constraints.model_dump(), baseline, cfg.select.objective)
         logger.info(choice.message)

@@ -74,6 +74,7 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between resumable checkpoints")
     max_steps: int | None = Field(None, ge=1)
     device: str = Field("auto", description="auto | cpu | cuda")
+    nproc_per_node: int = Field(1, ge=1, le=64, description="> 1: fine-tune/distill under torchrun + DDP (gloo on CPU, NCCL on GPU)")
 
 
 class EvaluateConfig(Strict):
@@ -198,6 +199,42 @@ Step = Annotated[
 ]
 
 
+class ScheduleConfig(Strict):
+    """When `effilm serve` / prefect.yaml runs this case study (a Prefect server's scheduler creates the runs)."""
+
+    cron: str | None = Field(None, description="cron expression, e.g. '0 2 * * *' (02:00 every day)")
+    interval_seconds: int | None = Field(None, ge=5, description="run every N seconds (instead of cron)")
+    timezone: str = "UTC"
+    active: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "ScheduleConfig":
+        if self.cron and self.interval_seconds:
+            raise ValueError("interval_seconds: give either cron or interval_seconds, not both")
+        if self.cron:
+            from prefect.client.schemas.schedules import CronSchedule
+
+            try:
+                CronSchedule(cron=self.cron)
+            except Exception:
+                raise ValueError(f"cron: not a valid cron expression: {self.cron!r} (five fields: min hour day month weekday)") from None
+        try:
+            import zoneinfo
+
+            zoneinfo.ZoneInfo(self.timezone)
+        except Exception:
+            raise ValueError(f"timezone: unknown time zone {self.timezone!r} (use an IANA name like 'Europe/Berlin')") from None
+        return self
+
+
+class ExecutionConfig(Strict):
+    """How a flow's independent tasks fan out (Prefect task runners). Benchmarks always run one at a time."""
+
+    task_runner: Literal["thread", "dask"] = "thread"
+    max_workers: int = Field(2, ge=1, le=256, description="parallel tasks (threads, or Dask workers of a local cluster)")
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
+
+
 class Variant(Strict):
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     source: str = Field("teacher", description="'teacher' or the name of an earlier variant")
@@ -217,6 +254,8 @@ class MobileBertConfig(Strict):
     profile: str = "quick"
     output_dir: str = "outputs/mobile-bert"
     seed: int = 42
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -315,6 +354,8 @@ class LongDocumentConfig(Strict):
     profile: str = "quick"
     output_dir: str = "outputs/long-document"
     seed: int = 42
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

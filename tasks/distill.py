@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tasks import layers, models
+from tasks import distributed, layers, models
 
 
 def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float) -> torch.Tensor:
@@ -43,7 +43,13 @@ def make_loss(teacher, temperature: float, alpha: float, hidden_mse: float, laye
 
 
 def compress(model_dir: str, cfg: dict) -> str:
+    """With ``train.nproc_per_node > 1`` (or ``finetune.nproc_per_node``) the student trains under torchrun + DDP."""
     from transformers import AutoTokenizer
+
+    nproc = distributed.wanted({**(cfg.get("train") or {}), **(cfg.get("finetune") or {})})
+    if nproc > 1:
+        return distributed.launch("tasks.distill:compress", {"model_dir": model_dir, "cfg": cfg}, nproc,
+                                  cfg["out_dir"] + ".work")
 
     manifest = models.read_manifest(model_dir)
     teacher = models.load_hf_model(model_dir, manifest)
@@ -60,6 +66,8 @@ def compress(model_dir: str, cfg: dict) -> str:
     loss_fn = make_loss(teacher, cfg.get("temperature", 2.0), cfg.get("alpha", 0.5), cfg.get("hidden_mse", 0.0), layer_map)
     stats = layers.finetune_model(student, tokenizer, manifest, cfg, cfg["out_dir"] + ".work", loss_fn=loss_fn,
                                   desc="distill")
+    if distributed.rank() != 0:  # rank 0 alone writes the model folder
+        return cfg["out_dir"]
     keep = {k: manifest.get(k) for k in ("labels", "max_length", "preprocess")}
     out = models.save_hf(student.cpu(), tokenizer, cfg["out_dir"], **keep, source=cfg.get("student") or model_dir,
                          distilled_from=str(model_dir), kept_layers=layer_map,

@@ -42,12 +42,11 @@ def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[st
 
 
 def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) -> None:
-    import matplotlib
+    # matplotlib's object API (no pyplot global state): safe when evaluations run in parallel threads
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.1 * len(labels) + 1.5))
+    fig = Figure(figsize=(1.2 * len(labels) + 2, 1.1 * len(labels) + 1.5))
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
@@ -59,7 +58,6 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) ->
             ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def token_stats(model_dir: str, texts: list[str]) -> dict:

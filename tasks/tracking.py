@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import random
 import re
 import socket
 import subprocess
@@ -58,6 +59,46 @@ def _init_sqlite_store(uri: str) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# Errors that mean "another writer got there first / the store is momentarily busy": the write did not happen (or
+# happened identically), so it is safe to try again. Seen with several flows at once: sqlite "database is locked",
+# and two runs inserting the same dataset/tag row at once (sqlite "UNIQUE constraint", PostgreSQL "duplicate key").
+_TRANSIENT = ("database is locked", "database is busy", "unique constraint", "duplicate key value", "deadlock detected",
+              "could not serialize access", "temporarily unavailable", "too many 500 error responses",
+              "too many 503 error responses", "connection reset", "remote end closed connection")
+RETRIES = 6
+
+
+def _transient(exc: Exception) -> bool:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(t in text for t in _TRANSIENT)
+
+
+class _RetryingClient:
+    """``MlflowClient`` whose calls are retried (with backoff) on transient store contention only."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            for attempt in range(RETRIES + 1):
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as exc:
+                    if attempt == RETRIES or not _transient(exc):
+                        raise
+                    delay = min(0.25 * 2**attempt, 4.0) * (1 + random.random())
+                    log.warning("MLflow %s: transient store error (%s); retry %d/%d in %.1fs",
+                                name, str(exc).splitlines()[0][:200], attempt + 1, RETRIES, delay)
+                    time.sleep(delay)
+
+        return call
+
+
 def client():
     from mlflow import MlflowClient
 
@@ -65,7 +106,7 @@ def client():
     if uri not in _READY:
         _init_sqlite_store(uri)
         _READY.add(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return _RetryingClient(MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri))
 
 
 def _local_artifact_root(uri: str) -> str | None:
@@ -326,3 +367,33 @@ def get_run(run_id: str):
 def child_runs(parent_run_id: str) -> list:
     run = client().get_run(parent_run_id)
     return client().search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1000)
+
+
+# ------------------------------------------------------------------------------------------- reading back
+
+
+def latest_parent_run(experiment: str, status: str | None = "FINISHED"):
+    """The newest flow (parent) run of an experiment, or None."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    flt = "tags.variant = 'parent'" + (f" and attributes.status = '{status}'" if status else "")
+    runs = c.search_runs([exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def experiment_names() -> list[str]:
+    return [e.name for e in client().search_experiments()]
+
+
+def download_text(run_id: str, artifact_file: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client().download_artifacts(run_id, artifact_file, tmp)).read_text()
+
+
+def ui_compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
+    """The MLflow UI's compare-runs page for these runs (open it in `effilm ui` / a tracking server)."""
+    from urllib.parse import quote
+
+    return f"{base.rstrip('/')}/#/compare-runs?runs={quote(json.dumps(run_ids))}&experiments={quote(json.dumps([experiment_id]))}"

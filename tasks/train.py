@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -19,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tasks import data as data_mod
-from tasks import models
+from tasks import distributed, models
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ STATE_FILE = "trainer_state.pt"
 
 
 def set_seed(seed: int) -> None:
+    """Seed every RNG training touches and ask for deterministic kernels (reproducible re-runs: `effilm reproduce`)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -69,12 +73,24 @@ def train_loop(
     loss_fn: Callable | None = None,
     desc: str = "fine-tune",
 ) -> dict:
-    """Generic resumable loop. ``loss_fn(model, batch, idx) -> loss`` defaults to cross-entropy on the labels."""
+    """Generic resumable loop. ``loss_fn(model, batch, idx) -> loss`` defaults to cross-entropy on the labels.
+
+    Inside a torchrun job (``tasks.distributed``) the model is wrapped in DDP and each rank trains on its share of
+    every global batch (``idx[rank::world]``); losses are averaged over ranks; only rank 0 writes checkpoints.
+    """
     set_seed(seed)
     work = Path(work_dir)
     ckpt = work / "checkpoint"
+    rank, world = distributed.rank(), distributed.world_size()
     device = models.pick_device(cfg.get("device", "auto"))
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     model.to(device).train()
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     enc = tokenizer(list(train_texts), truncation=True, max_length=max_length)
     labels = torch.tensor(train_labels, dtype=torch.long)
     n, bs = len(train_labels), cfg["batch_size"]
@@ -129,8 +145,9 @@ def train_loop(
         for idx in batches(n, bs, seed, epoch)[within:]:
             if step >= total:
                 break
-            batch = collate(idx)
-            loss = loss_fn(model, batch, idx)
+            local = idx[rank::world] if world > 1 and len(idx) >= world else idx
+            batch = collate(local)
+            loss = loss_fn(net, batch, local)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
             optimizer.step()
@@ -139,11 +156,15 @@ def train_loop(
             step += 1
             seen += len(idx)
             value = float(loss.detach())
+            if world > 1:
+                reduced = loss.detach().clone()
+                torch.distributed.all_reduce(reduced)
+                value = float(reduced) / world
             running = value if running is None else 0.9 * running + 0.1 * value
             losses.append((step, value))
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3f}")
-            if step % cfg["checkpoint_every"] == 0 and step < total:
+            if step % cfg["checkpoint_every"] == 0 and step < total and rank == 0:
                 _save_checkpoint(model, tokenizer, optimizer, scheduler, step, ckpt, {"losses": losses})
     bar.close()
     elapsed = time.perf_counter() - t0
@@ -159,9 +180,16 @@ def train_loop(
 
 
 def fine_tune(model_cfg: dict, train_cfg: dict, data: dict, seed: int, work_dir: str) -> dict:
-    """Fine-tune ``model_cfg['source']`` on ``data`` (the output of ``tasks.data.prepare``) -> model folder + stats."""
+    """Fine-tune ``model_cfg['source']`` on ``data`` (the output of ``tasks.data.prepare``) -> model folder + stats.
+
+    With ``train_cfg['nproc_per_node'] > 1`` this relaunches itself under torchrun (DDP, see tasks/distributed.py).
+    """
     work = Path(work_dir)
     final = work / "model"
+    nproc = distributed.wanted(train_cfg)
+    if nproc > 1 and not (final / models.MANIFEST).is_file():
+        return distributed.launch("tasks.train:fine_tune", {"model_cfg": model_cfg, "train_cfg": train_cfg, "data": data,
+                                                             "seed": seed, "work_dir": str(work_dir)}, nproc, work)
     if (final / models.MANIFEST).is_file():
         log.info("fine-tuned model already complete at %s; reusing it", final)
         return {"model_dir": str(final), "reused": True, **models.read_manifest(final).get("train", {})}
@@ -175,6 +203,9 @@ def fine_tune(model_cfg: dict, train_cfg: dict, data: dict, seed: int, work_dir:
     stats = train_loop(model, tokenizer, train["text"].tolist(), [label_ids[l] for l in train["label"]],
                        train_cfg, seed, model_cfg["max_length"], work)
     summary = {k: v for k, v in stats.items() if k != "losses"}
+    summary["processes"] = distributed.world_size()
+    if distributed.rank() != 0:
+        return {"model_dir": str(final), "reused": False, **stats}
     models.save_hf(model.cpu(), tokenizer, final, labels=labels, max_length=model_cfg["max_length"],
                    source=model_cfg["source"], train=summary)
     shutil.rmtree(work / "checkpoint", ignore_errors=True)

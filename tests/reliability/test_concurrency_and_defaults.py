@@ -135,3 +135,23 @@ def test_two_flows_at_once_against_an_mlflow_server(tiny_model_dir, tmp_path):
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
+
+
+def test_tracking_writes_retry_only_transient_store_errors(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    class Store:
+        def log_inputs(self, run_id):
+            calls.append(run_id)
+            if len(calls) < 3:
+                raise Exception("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+            return "ok"
+
+        def log_batch(self, run_id):
+            raise ValueError("bad metric value")
+
+    c = tracking._RetryingClient(Store())
+    assert c.log_inputs("r") == "ok" and len(calls) == 3
+    with pytest.raises(ValueError, match="bad metric"):
+        c.log_batch("r")
