@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROFILE ?= quick
 
-.PHONY: run test bench ui clean
+.PHONY: run test bench ui clean services
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/effilm run all --profile $(PROFILE)
 
-test: $(VENV)/.installed-dev
+# PostgreSQL and Chromium for the team-server and MLflow UI tests (Debian packages; skipped where not installable)
+services:
+	@scripts/install-test-services.sh
+
+test: $(VENV)/.installed-dev services
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed

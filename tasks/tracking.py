@@ -117,17 +117,24 @@ def _local_artifact_root(uri: str) -> str | None:
     return str(Path(m.group(1)).resolve().parent / "mlartifacts")
 
 
+# MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it is model training; with
+# this tag it opens on the runs table, where variants line up (and the compare view is one click away).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development", "effilm": "true"}
+
+
 def experiment_id(name: str) -> str:
     c = client()
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        if exp.tags.get("mlflow.experimentKind") is None:
+            c.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", EXPERIMENT_TAGS["mlflow.experimentKind"])
         return exp.experiment_id
     root = _local_artifact_root(tracking_uri())
     location = Path(root, re.sub(r"[^A-Za-z0-9_.-]+", "-", name)).as_uri() if root else None
     try:
-        return c.create_experiment(name, artifact_location=location)
+        return c.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except Exception:  # created concurrently by another flow run
         exp = c.get_experiment_by_name(name)
         if exp is None:

@@ -1,7 +1,5 @@
 """Two flow runs at once on the embedded sqlite store; safe defaults."""
 
-import os
-
 import pytest
 from mlflow import MlflowClient
 
@@ -95,30 +93,11 @@ def test_malicious_checkpoint_pickle_is_not_executed(tiny_model_dir, tmp_path):
 
 @pytest.mark.integration
 def test_two_flows_at_once_against_an_mlflow_server(tiny_model_dir, tmp_path):
-    """A real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts): two concurrent flows lose nothing."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts): two concurrent flows lose nothing.
+    (The PostgreSQL-backed team server is tests/operations/test_team_server.py.)"""
+    from tests.services import mlflow_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path, workers=1) as uri:
         env = env_for(tmp_path, uri)
         procs = [effilm(tiny_args(tiny_model_dir, tmp_path / f"out{i}", seed=i), env) for i in range(2)]
         outs = [p.communicate(timeout=600)[0] for p in procs]
@@ -132,10 +111,6 @@ def test_two_flows_at_once_against_an_mlflow_server(tiny_model_dir, tmp_path):
             if r.data.tags["variant"] == "teacher-fp32":
                 assert "eval/accuracy" in r.data.metrics
                 assert "model/MLmodel" in {a.path for a in c.list_artifacts(r.info.run_id, "model")}
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(30)
-
 
 def test_tracking_writes_retry_only_transient_store_errors(monkeypatch):
     monkeypatch.setattr(tracking.time, "sleep", lambda s: None)

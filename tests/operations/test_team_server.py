@@ -1,0 +1,55 @@
+"""The team tracking server: `mlflow server` on a real PostgreSQL backend store with a proxied artifact root.
+Three flow runs at once (separate processes, as three users would) lose nothing."""
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.reliability.helpers import effilm, env_for, tiny_args
+from tests.services import mlflow_server, postgres
+
+pytestmark = pytest.mark.integration
+
+VARIANT = "variants=[{name: int8, steps: [{technique: quantize}]}]"
+
+
+def test_flows_at_once_against_mlflow_server_on_postgresql(tiny_model_dir, tmp_path, monkeypatch):
+    with postgres(tmp_path) as db, mlflow_server(db, tmp_path) as uri:
+        env = env_for(tmp_path, uri)
+        n = 3
+        procs = [effilm(tiny_args(tiny_model_dir, tmp_path / f"out{i}", seed=i, variants=VARIANT.split("=", 1)[1]), env)
+                 for i in range(n)]
+        outs = [p.communicate(timeout=900)[0] for p in procs]
+        for p, out in zip(procs, outs):
+            assert p.returncode == 0, out[-3000:]
+
+        c = MlflowClient(uri)
+        exp = c.get_experiment_by_name("effilm/mobile-bert")
+        runs = c.search_runs([exp.experiment_id])
+        assert sorted(r.data.tags["variant"] for r in runs) == sorted(["parent", "teacher-fp32", "int8"] * n)
+        parents = [r for r in runs if r.data.tags["variant"] == "parent"]
+        for r in runs:
+            assert r.info.status == "FINISHED", r.info
+            assert r.data.tags["env.torch"] and r.data.tags["code_version"]
+            if r.data.tags["variant"] == "parent":
+                assert {"config/resolved.yaml"} <= {a.path for a in c.list_artifacts(r.info.run_id, "config")}
+                assert "report/variants.csv" in {a.path for a in c.list_artifacts(r.info.run_id, "report")}
+                assert {d.dataset.name for d in r.inputs.dataset_inputs} == {"bbc-train", "bbc-val", "bbc-test"}
+                assert r.data.params["train.max_steps"] == "4"
+                continue
+            assert r.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents}
+            for key in ("eval/accuracy", "bench/latency_ms_p50_b1_t1", "size/disk_mb"):
+                assert key in r.data.metrics, (r.data.tags["variant"], key)
+            assert "model/MLmodel" in {a.path for a in c.list_artifacts(r.info.run_id, "model")}
+            assert "eval/confusion_matrix.png" in {a.path for a in c.list_artifacts(r.info.run_id, "eval")}
+            if r.data.tags["variant"] == "teacher-fp32":
+                assert len(c.get_metric_history(r.info.run_id, "train/loss")) == 4
+        # every flow registered its selection in the shared registry (PostgreSQL), one version each
+        versions = c.search_model_versions("name = 'effilm-mobile-bert'")
+        assert len(versions) == n
+        assert c.get_model_version_by_alias("effilm-mobile-bert", "mobile").version in {v.version for v in versions}
+        # and a model comes back through the server's artifact proxy
+        from tasks import models, tracking
+
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        local = tracking.download_model(versions[0].run_id, dst=str(tmp_path / "dl"))
+        assert models.read_manifest(local)["labels"]
