@@ -4,7 +4,7 @@ Three flow runs at once (separate processes, as three users would) lose nothing.
 import pytest
 from mlflow import MlflowClient
 
-from tests.reliability.helpers import effilm, env_for, tiny_args
+from tests.reliability.helpers import flows_at_once
 from tests.services import mlflow_server, postgres
 
 pytestmark = pytest.mark.integration
@@ -14,17 +14,9 @@ VARIANT = "variants=[{name: int8, steps: [{technique: quantize}]}]"
 
 def test_flows_at_once_against_mlflow_server_on_postgresql(tiny_model_dir, tmp_path, monkeypatch):
     with postgres(tmp_path) as db, mlflow_server(db, tmp_path) as uri:
-        env = env_for(tmp_path, uri)
         n = 3
-        procs = [effilm(tiny_args(tiny_model_dir, tmp_path / f"out{i}", seed=i, variants=VARIANT.split("=", 1)[1]), env)
-                 for i in range(n)]
-        outs = [p.communicate(timeout=900)[0] for p in procs]
-        for p, out in zip(procs, outs):
-            assert p.returncode == 0, out[-3000:]
-
+        runs = flows_at_once(tiny_model_dir, tmp_path, uri, n, variants=VARIANT.split("=", 1)[1])
         c = MlflowClient(uri)
-        exp = c.get_experiment_by_name("effilm/mobile-bert")
-        runs = c.search_runs([exp.experiment_id])
         assert sorted(r.data.tags["variant"] for r in runs) == sorted(["parent", "teacher-fp32", "int8"] * n)
         parents = [r for r in runs if r.data.tags["variant"] == "parent"]
         for r in runs:

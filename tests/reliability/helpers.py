@@ -31,3 +31,17 @@ def env_for(tmp: Path, uri: str, **extra) -> dict:
 def effilm(args: list[str], env: dict, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def flows_at_once(model_dir, tmp: Path, uri: str, n: int, timeout: float = 900, **extra) -> list:
+    """Start ``n`` tiny mobile-bert flows as separate `effilm` processes against ``uri``; all must succeed.
+    Returns the MLflow runs of the experiment afterwards."""
+    from mlflow import MlflowClient
+
+    env = env_for(tmp, uri)
+    procs = [effilm(tiny_args(model_dir, tmp / f"out{i}", seed=i, **extra), env) for i in range(n)]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    c = MlflowClient(uri)
+    return c.search_runs([c.get_experiment_by_name("effilm/mobile-bert").experiment_id])

@@ -4,20 +4,12 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks import caching, config, models, tracking
-from tests.reliability.helpers import effilm, env_for, tiny_args
+from tests.reliability.helpers import flows_at_once
 
 
 @pytest.mark.integration
 def test_two_flows_at_once_on_sqlite(tiny_model_dir, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = env_for(tmp_path, uri)
-    procs = [effilm(tiny_args(tiny_model_dir, tmp_path / f"out{i}", seed=i), env) for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
-    c = MlflowClient(uri)
-    exp = c.get_experiment_by_name("effilm/mobile-bert")
-    rs = c.search_runs([exp.experiment_id])
+    rs = flows_at_once(tiny_model_dir, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", 2)
     assert sorted(r.data.tags["variant"] for r in rs) == ["parent", "parent", "teacher-fp32", "teacher-fp32"]
     assert all(r.info.status == "FINISHED" and "eval/accuracy" in r.data.metrics for r in rs if r.data.tags["variant"] != "parent")
 
@@ -98,13 +90,8 @@ def test_two_flows_at_once_against_an_mlflow_server(tiny_model_dir, tmp_path):
     from tests.services import mlflow_server
 
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path, workers=1) as uri:
-        env = env_for(tmp_path, uri)
-        procs = [effilm(tiny_args(tiny_model_dir, tmp_path / f"out{i}", seed=i), env) for i in range(2)]
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-        for p, out in zip(procs, outs):
-            assert p.returncode == 0, out[-3000:]
+        rs = flows_at_once(tiny_model_dir, tmp_path, uri, 2)
         c = MlflowClient(uri)
-        rs = c.search_runs([c.get_experiment_by_name("effilm/mobile-bert").experiment_id])
         assert sorted(r.data.tags["variant"] for r in rs) == ["parent", "parent", "teacher-fp32", "teacher-fp32"]
         for r in rs:
             assert r.info.status == "FINISHED"
