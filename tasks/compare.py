@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tasks import tracking
 
-DEFAULT_METRICS = ("eval/accuracy", "eval/macro_f1", "eval/rouge*", "bench/latency_ms_p50_b1_t1", "bench/latency_ms_p50_b1_tall",
+DEFAULT_METRICS = ("eval/accuracy", "eval/macro_f1", "eval/rouge*", "bench/latency_ms_L*", "bench/latency_ms_p50_b1_t1",
+                   "bench/latency_ms_p50_b1_tall",
                    "bench/latency_ms_p50_*", "bench/peak_rss_mb", "size/disk_mb", "size/params")
 MAX_DEFAULT_COLUMNS = 10
 
@@ -25,10 +26,15 @@ class CompareError(ValueError):
     """Nothing to compare (unknown experiment or run); the CLI exits 2."""
 
 
+def _natural(key: str) -> list:
+    """``bench/latency_ms_L512`` before ``..._L1024``: numbers inside keys sort by value."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
 def _pick_columns(keys: set[str], patterns: list[str] | None) -> list[str]:
     chosen: list[str] = []
     for pat in patterns or DEFAULT_METRICS:
-        for k in sorted(keys):
+        for k in sorted(keys, key=_natural):
             if fnmatch.fnmatchcase(k, pat) and k not in chosen:
                 chosen.append(k)
     if patterns:

@@ -355,7 +355,6 @@ class LongDocumentConfig(Strict):
     output_dir: str = "outputs/long-document"
     seed: int = 42
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

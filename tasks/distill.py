@@ -66,6 +66,7 @@ def compress(model_dir: str, cfg: dict) -> str:
     loss_fn = make_loss(teacher, cfg.get("temperature", 2.0), cfg.get("alpha", 0.5), cfg.get("hidden_mse", 0.0), layer_map)
     stats = layers.finetune_model(student, tokenizer, manifest, cfg, cfg["out_dir"] + ".work", loss_fn=loss_fn,
                                   desc="distill")
+    stats["processes"] = distributed.world_size()
     if distributed.rank() != 0:  # rank 0 alone writes the model folder
         return cfg["out_dir"]
     keep = {k: manifest.get(k) for k in ("labels", "max_length", "preprocess")}

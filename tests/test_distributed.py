@@ -48,3 +48,17 @@ def test_ddp_two_processes_match_one_process(no_dropout_model, bbc_slice, tmp_pa
 def test_failed_distributed_job_says_why(bbc_slice, tmp_path):
     with pytest.raises(RuntimeError, match="torchrun exit"):
         _fine_tune(tmp_path / "no-such-model", bbc_slice, tmp_path / "w", 2)
+
+
+@pytest.mark.integration
+def test_distillation_runs_under_ddp(no_dropout_model, bbc_slice, tmp_path):
+    from tasks import compress
+
+    teacher = _fine_tune(no_dropout_model, bbc_slice, tmp_path / "teacher", 1)["model_dir"]
+    train_cfg = {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0,
+                 "max_grad_norm": 1.0, "checkpoint_every": 50, "max_steps": None, "device": "cpu", "nproc_per_node": 2}
+    out = compress.run_step(teacher, {"technique": "distill", "keep": 1, "finetune": {"max_steps": 3}},
+                            {"data": bbc_slice, "train": train_cfg, "seed": 0}, str(tmp_path / "student"))
+    manifest = models.read_manifest(out)
+    assert manifest["train"]["processes"] == 2 and manifest["train"]["steps"] == 3
+    assert models.load_hf_model(out, manifest).config.num_hidden_layers == 1
