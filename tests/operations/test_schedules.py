@@ -161,6 +161,10 @@ def test_schedules_come_from_the_case_study_files_and_match_prefect_yaml():
     assert dep.schedules[0].schedule.interval.total_seconds() == 60
     with pytest.raises(config.ConfigError, match="schedule.cron"):
         config.load_config("mobile-bert", "quick", ["schedule.cron=every day"])
+    with pytest.raises(config.ConfigError, match="schedule.interval_seconds"):
+        config.load_config("mobile-bert", "quick", ["schedule.interval_seconds=60"])  # the file also sets cron
+    with pytest.raises(config.ConfigError, match="schedule.timezone"):
+        config.load_config("long-document", "quick", ["schedule.timezone=Mars/Olympus"])
 
 
 def test_serve_without_a_server_says_what_to_do(tmp_path):
