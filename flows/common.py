@@ -1,15 +1,18 @@
-"""Pieces every effilm flow uses: cached task calls that notice missing outputs, and the run tags."""
+"""Pieces every effilm flow uses: the start of a flow run, cached task calls that notice missing outputs, task
+runners for fan-out, and the run tags."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from prefect import get_run_logger, task
 
-from tasks import data, tracking, train
+from tasks import config, data, models, tracking, train
 from tasks.caching import CACHE, code_version, result_paths
 
 
@@ -25,10 +28,38 @@ def fine_tune(model_cfg: dict, train_cfg: dict, data_info: dict, seed: int, work
     return train.fine_tune(model_cfg, train_cfg, data_info, seed, work)
 
 
+@contextlib.contextmanager
+def flow_run(cfg, study: str) -> Iterator[tuple[str, dict]]:
+    """How every case-study flow starts: mark runs of killed flow processes KILLED; preflight (bad data or an
+    unavailable model fails here, before any MLflow run exists); open the parent run and record the config, the
+    environment and the data. Yields ``(parent_run_id, data_info)``; the parent run ends with the ``with`` block."""
+    logger = get_run_logger()
+    reaped = tracking.reap_stale_runs(cfg.experiment)
+    if reaped:
+        logger.warning("marked %d run(s) of killed flow processes as KILLED: %s", len(reaped), ", ".join(reaped))
+    data_info = load_data(config.slice_dict(cfg.data), cfg.seed, str(Path(cfg.output_dir)))
+    models.check_source(cfg.model.source, cfg.model.trust_remote_code, cfg.model.revision)
+
+    with tracking.run(cfg.experiment, f"{study}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}",
+                      {**base_tags(study, cfg.profile, data_info["fingerprint"]), "variant": "parent"}) as parent:
+        tracking.log_config(parent, cfg.model_dump(mode="json"), config.to_flat_params(cfg))
+        tracking.log_environment(parent)
+        tracking.log_metrics(parent, {f"data/{k}": v for k, v in data_info["stats"].items()})
+        tracking.log_dataset(parent, data_info["paths"], "bbc" if cfg.data.source == "bbc" else cfg.data.source,
+                             data_info["source"], data_info["fingerprint"])
+        logger.info("data: %s", data_info["stats"])
+        yield parent, data_info
+
+
 def call(task_fn, label: str, **kwargs: Any) -> Any:
     """Run a Prefect task; on a cache hit whose files are gone, run it again with a refreshed cache."""
-    logger = get_run_logger()
     state = task_fn(**kwargs, return_state=True)
+    return _usable(task_fn, label, kwargs, state)
+
+
+def _usable(task_fn, label: str, kwargs: dict, state) -> Any:
+    """The result of a finished task run, recomputed (cache refreshed) when it is a cache hit whose files are gone."""
+    logger = get_run_logger()
     result = state.result()
     if state.name == "Cached":
         missing = [p for p in result_paths(result) if not Path(p).exists()]
@@ -59,21 +90,11 @@ def call_many(task_fn, calls: dict[str, dict], execution: dict) -> dict[str, Any
 
     Returns when every call has finished, so nothing started here is still running afterwards (benchmarks rely on
     that: they run alone, after the fan-out)."""
-    logger = get_run_logger()
     with task_runner(execution) as runner:
         futures = {label: runner.submit(task_fn, parameters=kwargs) for label, kwargs in calls.items()}
         for f in futures.values():
             f.wait()
-        out = {}
-        for label, f in futures.items():
-            result = f.result()
-            if f.state.name == "Cached":
-                missing = [p for p in result_paths(result) if not Path(p).exists()]
-                if missing:
-                    logger.warning("%s: cached result points to missing %s; recomputing", label, missing[0])
-                    result = task_fn.with_options(refresh_cache=True)(**calls[label])
-            out[label] = result
-    return out
+        return {label: _usable(task_fn, f"{label}/{task_fn.name}", calls[label], f.state) for label, f in futures.items()}
 
 
 def base_tags(case_study: str, profile: str, fingerprint: str | None = None) -> dict[str, str]:

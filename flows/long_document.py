@@ -14,8 +14,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import base_tags, call, fine_tune, load_data
-from tasks import config, data, mechanisms, models, scaling, summarize, tracking
+from flows.common import base_tags, call, fine_tune, flow_run
+from tasks import config, data, mechanisms, scaling, summarize, tracking
 from tasks.caching import CACHE, work_dir
 
 STUDY = "long-document"
@@ -59,22 +59,9 @@ def long_document(profile: str = "quick", overrides: list[str] | None = None, co
     cfg = config.load_config(STUDY, profile, overrides, config_path)  # validated once, here
     out = Path(cfg.output_dir)
     started = time.perf_counter()
-    reaped = tracking.reap_stale_runs(cfg.experiment)
-    if reaped:
-        logger.warning("marked %d run(s) of killed flow processes as KILLED", len(reaped))
 
-    # 0. preflight: bad data or an unavailable model fails before any MLflow run exists
-    data_info = load_data(config.slice_dict(cfg.data), cfg.seed, str(out))
-    models.check_source(cfg.model.source, cfg.model.trust_remote_code, cfg.model.revision)
-
-    with tracking.run(cfg.experiment, f"{STUDY}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
-                      {**base_tags(STUDY, profile, data_info["fingerprint"]), "variant": "parent"}) as parent:
-        tracking.log_config(parent, cfg.model_dump(mode="json"), config.to_flat_params(cfg))
-        tracking.log_environment(parent)
-        tracking.log_metrics(parent, {f"data/{k}": v for k, v in data_info["stats"].items()})
-        tracking.log_dataset(parent, data_info["paths"], "bbc" if cfg.data.source == "bbc" else cfg.data.source,
-                             data_info["source"], data_info["fingerprint"])
-
+    # 0. reap killed runs, preflight data + model, open the parent run, record config/environment/data
+    with flow_run(cfg, STUDY) as (parent, data_info):
         # 1. base classifier (the weights every mechanism shares)
         model_slice, train_slice = config.slice_dict(cfg.model), config.slice_dict(cfg.train)
         base = call(fine_tune_base, "base/fine-tune", model_cfg=model_slice, train_cfg=train_slice, data_info=data_info,

@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from tasks.config import ConfigError
+from tasks.tracking import pid_alive
 
 
 def state_dir() -> Path:
@@ -36,23 +37,13 @@ def _healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def running() -> dict | None:
     """The server this folder started, if it is up: {"pid", "api_url", "ui_url", "log"}."""
     f = _state_file()
     if not f.is_file():
         return None
     info = json.loads(f.read_text())
-    if _alive(info["pid"]) and _healthy(info["api_url"]):
+    if pid_alive(info["pid"]) and _healthy(info["api_url"]):
         return info
     return None
 

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 
@@ -53,9 +54,9 @@ def _read_folder(root: Path, source: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
-    rows = []
-    with path.open("rb") as fh:
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-empty line; a broken line is a DataError naming file and line."""
+    with Path(path).open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             line = raw.decode("utf-8", errors="replace").strip()
             if not line:
@@ -66,8 +67,11 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                 raise DataError(str(path), f"line {lineno}", f"broken JSON ({exc.msg}); fix or remove that line") from None
             if not isinstance(obj, dict):
                 raise DataError(str(path), f"line {lineno}", "each line must be a JSON object")
-            rows.append(obj)
-    return pd.DataFrame(rows)
+            yield lineno, obj
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    return pd.DataFrame([obj for _, obj in iter_jsonl(path)])
 
 
 def _read_table(kind: str, path: Path) -> pd.DataFrame:

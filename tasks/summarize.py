@@ -9,14 +9,13 @@ marker token per sentence), plus ROUGE-1/2/L.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from tasks.data import DataError, packaged_bbc_dir, read_text_file
+from tasks.data import DataError, iter_jsonl, packaged_bbc_dir, read_text_file
 
 _SENT = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
 _GLUED = re.compile(r"(?<=[a-z0-9%)\"'][.!?])(?=[A-Z\"'])")
@@ -71,19 +70,11 @@ def load_bbc_headlines(limit: int | None = None) -> list[dict]:
 
 def load_jsonl(path: str | Path, text_field: str = "text", summary_field: str = "summary") -> list[dict]:
     docs = []
-    with open(path, "rb") as fh:
-        for i, raw in enumerate(fh, 1):
-            line = raw.decode("utf-8", "replace").strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(str(path), f"line {i}", f"broken JSON ({exc.msg})") from None
-            for f in (text_field, summary_field):
-                if f not in obj:
-                    raise DataError(str(path), f"line {i}", f"missing field '{f}'")
-            docs.append({"id": str(i), "text": str(obj[text_field]), "summary": str(obj[summary_field])})
+    for i, obj in iter_jsonl(path):
+        for f in (text_field, summary_field):
+            if f not in obj:
+                raise DataError(str(path), f"line {i}", f"missing field '{f}'")
+        docs.append({"id": str(i), "text": str(obj[text_field]), "summary": str(obj[summary_field])})
     return docs
 
 

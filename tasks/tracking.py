@@ -209,7 +209,7 @@ def start_run(experiment: str, run_name: str, tags: dict[str, Any], parent_run_i
     return run.info.run_id
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -232,7 +232,7 @@ def reap_stale_runs(experiment: str) -> list[str]:
         tags = r.data.tags
         if tags.get("effilm.host") != host or not tags.get("effilm.pid", "").isdigit():
             continue
-        if not _alive(int(tags["effilm.pid"])):
+        if not pid_alive(int(tags["effilm.pid"])):
             c.set_tag(r.info.run_id, "effilm.reaped", time.strftime("%Y-%m-%d %H:%M:%S"))
             c.set_terminated(r.info.run_id, "KILLED")
             reaped.append(r.info.run_id)

@@ -4,7 +4,6 @@ prefect.yaml deployments run by a process worker. Each ends with the flow's runs
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,9 @@ from mlflow import MlflowClient
 
 from tasks import config
 from tests.reliability.helpers import ROOT, tiny_args
+from tests.services import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _api(url: str, path: str, body: dict | None = None):
@@ -61,7 +55,7 @@ def prefect_server(tmp_path_factory):
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "EFFILM_LOG_LEVEL": "WARNING"}
     env.pop("PREFECT_API_URL", None)
-    port = _free_port()
+    port = free_port()
     out = subprocess.run([sys.executable, "-m", "flows.cli", "server", "start", "--port", str(port)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr

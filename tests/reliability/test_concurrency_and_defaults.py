@@ -60,8 +60,6 @@ def test_malicious_checkpoint_pickle_is_not_executed(tiny_model_dir, tmp_path):
     """Trainer state (.pt, unavoidable for optimizer state) is read with weights_only=True: code in it never runs."""
     import pickle
 
-    import torch
-
     from tasks import train
 
     evidence = tmp_path / "pwned"
