@@ -139,10 +139,17 @@ def mobile_bert(profile: str = "quick", overrides: list[str] | None = None, conf
         if choice.chosen is not None:
             tracking.set_tags(choice.chosen["run_id"], {"selected": "true"})
             if cfg.select.register_model:
+                # raises (the flow ends FAILED with the reason) unless the version exists and points at this run
                 version = select.register(choice.chosen["run_id"], cfg.select.registered_model, cfg.select.alias,
                                           {"variant": choice.chosen["variant"], "case_study": STUDY})
                 registered = {"name": cfg.select.registered_model, "version": version, "alias": cfg.select.alias}
+                tracking.set_tags(parent, {"registered_model": cfg.select.registered_model,
+                                           "registered_version": version})
+                tracking.set_tags(choice.chosen["run_id"], {"registered_version": version})
                 logger.info("registered %s version %s as @%s", cfg.select.registered_model, version, cfg.select.alias)
+        elif cfg.select.register_model:
+            logger.warning("nothing registered: %s", choice.message)
+            tracking.set_tags(parent, {"registered_version": "none"})
         tables = report.write_tables(results, out / "report", "effilm mobile-bert: variants")
         tables["pareto"] = report.pareto_plot(results, out / "report" / "pareto.png", choice.frontier,
                                               choice.chosen["variant"] if choice.chosen else None)

@@ -114,9 +114,6 @@ def measure(model_dir: str, texts: list[str], cfg: dict, rounds: int = 3) -> dic
 
 def benchmark(model_dir: str, texts_path: str, cfg: dict, work_dir: str, timeout_s: float = 1800) -> dict:
     """Run ``measure`` in a child process; returns {"metrics": {...}, "artifacts": {"benchmark": json path}}."""
-    from tasks.faults import maybe_fail
-
-    maybe_fail("benchmark")
     out = Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = out / "benchmark.json"

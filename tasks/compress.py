@@ -6,6 +6,7 @@ step's own settings plus the shared context the flow passes (``data``, ``train``
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -33,4 +34,7 @@ def run_step(model_dir: str, step: dict, context: dict, out_dir: str) -> str:
     if technique not in TECHNIQUES:
         raise ValueError(f"unknown technique {technique!r}; known: {', '.join(TECHNIQUES)}")
     cfg = {**context, **{k: v for k, v in step.items() if k != "technique"}, "out_dir": out_dir}
-    return TECHNIQUES[technique](model_dir, cfg)
+    out = TECHNIQUES[technique](model_dir, cfg)
+    # the step's training checkpoints (``<out_dir>.work``) served a killed run's resume; the model is complete now
+    shutil.rmtree(out_dir + ".work", ignore_errors=True)
+    return out

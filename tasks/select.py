@@ -89,18 +89,8 @@ def select(rows: list[dict], constraints: dict, baseline_acc: float, objective: 
 
 
 def register(run_id: str, name: str, alias: str, tags: dict | None = None) -> str:
-    """Register ``runs:/<run_id>/model`` in the MLflow Model Registry and point ``alias`` at it. -> version."""
+    """Register the chosen variant's model in the MLflow Model Registry and point ``alias`` at it. -> version."""
     from tasks import tracking
 
-    client = tracking.client()
-    try:
-        client.get_registered_model(name)
-    except Exception:
-        try:
-            client.create_registered_model(name, description="effilm: best variant under the case study's constraints")
-        except Exception as exc:  # another flow registered it in the meantime
-            if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
-                raise
-    version = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id, tags=tags or {})
-    client.set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
+    return tracking.register_model(run_id, name, alias, tags,
+                                   description="effilm: best variant under the case study's constraints")

@@ -13,18 +13,19 @@ import json
 import logging
 import os
 import platform
-import random
 import re
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import yaml
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # MLflow's sqlite store logs migrations at INFO on first use; keep the flow log readable.
@@ -67,36 +68,76 @@ _TRANSIENT = ("database is locked", "database is busy", "unique constraint", "du
               "too many 503 error responses", "connection reset", "remote end closed connection")
 RETRIES = 6
 
+# Calls that create a new object under a server-chosen id (a run, a model version): after an error the first
+# attempt may still have taken effect on the server (the answer was lost, or MLflow's own HTTP layer retried a POST),
+# so a blind retry can make a second one. The retrying client never retries these; ``create_once`` does, after
+# looking for what the failed attempt may have created.
+NOT_IDEMPOTENT = frozenset({"create_run", "create_model_version", "create_logged_model", "create_prompt",
+                            "create_webhook"})
 
-def _transient(exc: Exception) -> bool:
+
+def _transient(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}".lower()
     return any(t in text for t in _TRANSIENT)
 
 
+def _retrying(what: str):
+    """tenacity policy for the store: transient errors only, exponential backoff with jitter, then re-raise."""
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+    def warn(state) -> None:
+        exc = state.outcome.exception()
+        log.warning("MLflow %s: transient store error (%s); retry %d/%d in %.1fs", what,
+                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__, state.attempt_number, RETRIES,
+                    state.next_action.sleep if state.next_action else 0.0)
+
+    return Retrying(retry=retry_if_exception(_transient), stop=stop_after_attempt(RETRIES + 1),
+                    wait=wait_random_exponential(multiplier=0.25, max=4.0), reraise=True, before_sleep=warn,
+                    sleep=lambda s: time.sleep(s))
+
+
 class _RetryingClient:
-    """``MlflowClient`` whose calls are retried (with backoff) on transient store contention only."""
+    """``MlflowClient`` whose idempotent calls are retried (with backoff) on transient store contention only;
+    creating calls (``NOT_IDEMPOTENT``) go through unretried (use ``create_once``)."""
 
     def __init__(self, inner):
         self._inner = inner
 
     def __getattr__(self, name):
         attr = getattr(self._inner, name)
-        if not callable(attr):
+        if not callable(attr) or name in NOT_IDEMPOTENT:
             return attr
 
         def call(*args, **kwargs):
-            for attempt in range(RETRIES + 1):
-                try:
-                    return attr(*args, **kwargs)
-                except Exception as exc:
-                    if attempt == RETRIES or not _transient(exc):
-                        raise
-                    delay = min(0.25 * 2**attempt, 4.0) * (1 + random.random())
-                    log.warning("MLflow %s: transient store error (%s); retry %d/%d in %.1fs",
-                                name, str(exc).splitlines()[0][:200], attempt + 1, RETRIES, delay)
-                    time.sleep(delay)
+            return _retrying(name)(attr, *args, **kwargs)
 
         return call
+
+
+def create_once(what: str, create: Callable[[], T], find: Callable[[], list[T]],
+                discard: Callable[[T], None] | None = None) -> T:
+    """Create one object over a store that may fail transiently, exactly once.
+
+    ``create`` makes it, carrying a unique token; ``find`` lists the objects carrying that token. A failed attempt is
+    followed by ``find`` before anything is created again (the first attempt may have taken effect), and after
+    success ``find`` must show exactly what was made: extra copies (an HTTP-level retry of the same request) are
+    removed with ``discard``, the oldest is kept. Non-transient errors, and a create that ``find`` cannot see
+    afterwards, raise."""
+    for attempt in _retrying(what):
+        with attempt:
+            if attempt.retry_state.attempt_number > 1 and find():
+                log.warning("MLflow %s: the failed attempt had taken effect; not creating it again", what)
+                break
+            create()
+    found = _retrying(f"{what} (check)")(find)
+    if not found:
+        raise RuntimeError(f"MLflow {what}: the store reported success but the created object cannot be found")
+    if len(found) > 1 and discard is not None:
+        log.warning("MLflow %s: %d copies of one request were created (HTTP-level retry); keeping the first",
+                    what, len(found))
+        for extra in found[1:]:
+            _retrying(f"{what} (remove duplicate)")(discard, extra)
+    return found[0]
 
 
 def client():
@@ -197,8 +238,14 @@ def start_run(experiment: str, run_name: str, tags: dict[str, Any], parent_run_i
     all_tags.update({"effilm.host": socket.gethostname(), "effilm.pid": str(os.getpid())})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
+    c, exp_id, token = client(), experiment_id(experiment), uuid.uuid4().hex
+    all_tags["effilm.create_token"] = token
     try:
-        run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=run_name)
+        run = create_once(
+            "create_run", lambda: c.create_run(exp_id, tags=all_tags, run_name=run_name),
+            lambda: c.search_runs([exp_id], filter_string=f"tags.`effilm.create_token` = '{token}'",
+                                  order_by=["attributes.start_time ASC"], max_results=10),
+            lambda r: c.delete_run(r.info.run_id))
     except Exception as exc:
         if _busy(exc):
             raise TrackingStoreBusy(
@@ -356,6 +403,40 @@ def log_model(run_id: str, model_dir: str, artifact_path: str = "model") -> str:
         )
         client().log_artifacts(run_id, str(target), artifact_path)
     return f"runs:/{run_id}/{artifact_path}"
+
+
+def register_model(run_id: str, name: str, alias: str, tags: dict | None = None,
+                   description: str = "") -> str:
+    """Register ``runs:/<run_id>/model`` as a new version of ``name`` and point ``alias`` at it -> the version.
+
+    Safe with many flows registering at once: the registered model is created by whoever comes first; the version is
+    created exactly once (a failed attempt is looked up by its registration token before another is made) and read
+    back to check it points at ``run_id``; anything else raises, so the flow ends FAILED instead of reporting a
+    version that does not exist."""
+    c = client()
+    if not c.search_registered_models(filter_string=f"name = '{name}'", max_results=1):
+        try:
+            c.create_registered_model(name, description=description)
+        except Exception as exc:  # another flow created it in the meantime (any other error: it will not exist)
+            if not c.search_registered_models(filter_string=f"name = '{name}'", max_results=1):
+                raise
+            log.info("registered model %s was created concurrently (%s)", name, str(exc).splitlines()[0][:120])
+    token = uuid.uuid4().hex
+    version_tags = {**{k: str(v) for k, v in (tags or {}).items()}, "effilm.registration_token": token}
+
+    def mine():
+        found = c.search_model_versions(f"name = '{name}' and tags.`effilm.registration_token` = '{token}'")
+        return sorted(found, key=lambda v: int(v.version))
+
+    mv = create_once(f"create_model_version {name}",
+                     lambda: c.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id, tags=version_tags),
+                     mine, lambda v: c.delete_model_version(name, v.version))
+    version = str(mv.version)
+    back = c.get_model_version(name, version)
+    if back.run_id != run_id:
+        raise RuntimeError(f"registry check failed: {name} version {version} points at run {back.run_id}, not {run_id}")
+    c.set_registered_model_alias(name, alias, version)  # idempotent: the last flow to set it wins
+    return version
 
 
 def download_model(run_id: str, artifact_path: str = "model", dst: str | None = None) -> str:

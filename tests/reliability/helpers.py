@@ -28,8 +28,9 @@ def env_for(tmp: Path, uri: str, **extra) -> dict:
     return env
 
 
-def effilm(args: list[str], env: dict, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+def effilm(args: list[str], env: dict, module: str = "flows.cli", **kw) -> subprocess.Popen:
+    """The `effilm` CLI as a user runs it (``module="tests.reliability.inject"``: with a test fault installed)."""
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 

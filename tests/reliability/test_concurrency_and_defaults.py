@@ -115,3 +115,54 @@ def test_tracking_writes_retry_only_transient_store_errors(monkeypatch):
     assert c.log_inputs("r") == "ok" and len(calls) == 3
     with pytest.raises(ValueError, match="bad metric"):
         c.log_batch("r")
+
+
+def test_creates_are_not_retried_blindly_but_after_looking_up_the_first_attempt(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    store: list[str] = []
+
+    class Server:
+        def create_model_version(self, token, lose_answer):
+            store.append(token)  # the server did create it ...
+            if lose_answer:
+                raise Exception("API request failed: too many 500 error responses")  # ... but the answer was lost
+
+    c = tracking._RetryingClient(Server())
+    with pytest.raises(Exception, match="too many 500"):  # the wrapper does not retry a create on its own
+        c.create_model_version("a", True)
+    assert store == ["a"]
+
+    attempts = iter([True, False])
+    made = tracking.create_once("create", lambda: c.create_model_version("b", next(attempts)),
+                                lambda: [t for t in store if t == "b"])
+    assert made == "b" and store.count("b") == 1  # looked up after the failure: not created twice
+
+    store.clear()
+    failures = iter([Exception("database is locked"), None])
+
+    def create_failing_before_effect():
+        exc = next(failures)
+        if exc:
+            raise exc  # failed before anything was written
+        store.append("c")
+
+    assert tracking.create_once("create", create_failing_before_effect, lambda: [t for t in store if t == "c"]) == "c"
+    assert store == ["c"]
+
+    store[:] = ["d", "d"]  # an HTTP-level retry made two copies: the first is kept, the other removed
+    assert tracking.create_once("create", lambda: None, lambda: [t for t in store if t == "d"], store.remove) == "d"
+    assert store == ["d"]
+
+    with pytest.raises(RuntimeError, match="cannot be found"):  # success reported, nothing there: fail loudly
+        tracking.create_once("create", lambda: None, lambda: [])
+
+
+def test_register_model_returns_a_version_pointing_at_the_run(mlflow_uri):
+    run_a = tracking.start_run("effilm/test-registry", "a", {"variant": "a"})
+    run_b = tracking.start_run("effilm/test-registry", "b", {"variant": "b"})
+    assert tracking.register_model(run_a, "m", "mobile") == "1"
+    assert tracking.register_model(run_b, "m", "mobile", {"variant": "b"}) == "2"
+    c = tracking.client()
+    assert [c.get_model_version("m", v).run_id for v in ("1", "2")] == [run_a, run_b]
+    assert str(c.get_model_version_by_alias("m", "mobile").version) == "2"
+    assert len(c.search_runs([c.get_experiment_by_name("effilm/test-registry").experiment_id])) == 2

@@ -1,0 +1,62 @@
+"""Test-only fault injection: ``python -m tests.reliability.inject <effilm args>`` runs the real `effilm` CLI with
+one fault installed, chosen by environment (nothing of this lives in the product's modules):
+
+- ``EFFILM_INJECT_FAULT=benchmark``: the first call of ``tasks.benchmark.benchmark`` raises (a transient error);
+- ``EFFILM_PAUSE_BEFORE_MANIFEST=<format>``: when a model folder of that format (``onnx``, ``pte``, ``hf``…) is about
+  to get its manifest — weights written, folder not yet complete — the process writes the marker and stops there,
+  so a test can SIGKILL it in the middle of writing a model folder.
+
+``EFFILM_FAULT_MARKER`` names the marker file that records that the fault fired (once per marker).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def _fire(point: str) -> bool:
+    marker = Path(os.environ.get("EFFILM_FAULT_MARKER", ".effilm-fault-marker"))
+    if marker.exists():
+        return False
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(point)
+    return True
+
+
+def install() -> None:
+    from tasks import benchmark, models
+
+    if os.environ.get("EFFILM_INJECT_FAULT") == "benchmark":
+        real_benchmark = benchmark.benchmark
+
+        def failing_once(*args, **kwargs):
+            if _fire("benchmark"):
+                raise InjectedFault("injected transient fault at benchmark")
+            return real_benchmark(*args, **kwargs)
+
+        benchmark.benchmark = failing_once
+
+    fmt = os.environ.get("EFFILM_PAUSE_BEFORE_MANIFEST")
+    if fmt:
+        real_write = models.write_manifest
+
+        def pausing_write(model_dir, **info):
+            if info.get("format", "hf") == fmt and _fire(f"before-manifest:{fmt}:{model_dir}"):
+                time.sleep(3600)  # killed here by the test
+            return real_write(model_dir, **info)
+
+        models.write_manifest = pausing_write
+
+
+if __name__ == "__main__":
+    install()
+    from flows.cli import main
+
+    sys.exit(main(sys.argv[1:]))
