@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def machine_info() -> dict:
-    from tasks.tracking import environment, git_sha
+    from tasks.core.tracking import environment, git_sha
 
     info = environment()
     try:

@@ -3,7 +3,7 @@
     python benchmarks/long_attention.py [--lengths 512 1024 2048 4096] [--window 256] [--iters 3]
 
 Same MiniLM-sized encoder for every mechanism (6 layers, 384 hidden, 12 heads x 32), batch 1, all cores, each
-(mechanism, length) in a fresh process (tasks/scaling.py) so peak RSS is its own:
+(mechanism, length) in a fresh process (tasks/longdoc/scaling.py) so peak RSS is its own:
 full-long (SDPA full attention on the long-ified model), sliding-window (ours: blocked sliding window, 128 each
 side, + global [CLS]), hf-longformer (Hugging Face Longformer, attention_window 256), chunked-512, bigbird
 (Hugging Face block-sparse). Writes benchmarks/results/long_attention.{json,md} and *_time.png / *_memory.png.
@@ -16,7 +16,7 @@ import sys
 
 from common import RESULTS, write_results
 
-from tasks import scaling
+from tasks.longdoc import scaling
 
 MECHANISMS = ["full-long", "sliding-window", "hf-longformer", "chunked-512", "bigbird"]
 

@@ -49,24 +49,29 @@ def int8_paths(model_dir: str, seq_len: int = 128, iters: int = 30) -> dict:
 
     import torch
 
-    from tasks import export, models, quantize
+    from tasks.compress import export, quantize
+    from tasks.core import models
+    from tasks.measure import runtimes
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="int8paths-"))
     runners = {
-        "torch fp32 (eager)": models.load_for_inference(model_dir)[0],
-        "ours: int8 safetensors -> fbgemm dynamic int8": models.load_for_inference(
+        "torch fp32 (eager)": runtimes.load_for_inference(model_dir)[0],
+        "ours: int8 safetensors -> fbgemm dynamic int8": runtimes.load_for_inference(
             quantize.compress(model_dir, {"embeddings": False, "out_dir": str(tmp / "q")}))[0],
-        "ONNX Runtime int8 (dynamic, per-channel)": models.load_for_inference(
+        "ONNX Runtime int8 (dynamic, per-channel)": runtimes.load_for_inference(
             export.compress(model_dir, {"format": "onnx", "quantize": "int8", "out_dir": str(tmp / "o")}))[0],
     }
-    tok = models.load_for_inference(model_dir)[1]
+    tok = runtimes.load_for_inference(model_dir)[1]
     enc = tok(["The company said profits rose sharply in the third quarter. " * 20], truncation=True,
               max_length=seq_len, padding="max_length", return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     out = {}
     try:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            quantize_,
+        )
 
         m = copy.deepcopy(models.load_hf_model(model_dir))
         quantize_(m, Int8DynamicActivationInt8WeightConfig())
@@ -96,8 +101,8 @@ def main() -> int:
     ap.add_argument("--run", action="store_true", help="run the quick profile first (about 15 minutes here)")
     ap.add_argument("--int8-paths", action="store_true")
     a = ap.parse_args()
-    from tasks import tracking
-    from tasks.tracking import tracking_uri
+    from tasks.core import tracking
+    from tasks.core.tracking import tracking_uri
 
     os.chdir(ROOT)
     uri = tracking_uri()

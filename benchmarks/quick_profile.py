@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, run, write_results
+from common import run, write_results
 
 KEYS = ["eval/accuracy", "eval/macro_f1", "bench/latency_ms_p50_b1_t1", "bench/latency_ms_p95_b1_t1",
         "bench/latency_ms_p50_b1_tall", "bench/latency_ms_p50_b32_tall", "bench/throughput_b32",

@@ -26,7 +26,8 @@ def main() -> int:
     ap.add_argument("--max-docs", type=int, default=800)
     ap.add_argument("--max-tokens", type=int, default=1024)
     a = ap.parse_args()
-    from tasks import models, summarize
+    from tasks.core import models
+    from tasks.longdoc import summarize
 
     base = models.load_classifier("packaged:minilm-l6", ["a", "b"])
     model_dir = models.save_hf(base, models.load_tokenizer("packaged:minilm-l6"), Path(tempfile.mkdtemp()) / "m",

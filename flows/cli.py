@@ -18,16 +18,10 @@ import os
 import subprocess
 import sys
 
-from tasks.config import CASE_STUDIES, ConfigError, load_config
+from flows import catalog
+from tasks.core.config import CASE_STUDIES, ConfigError, load_config
 
 EXIT_CONFIG = 2
-
-
-def _flows():
-    from flows.long_document import long_document
-    from flows.mobile_bert import mobile_bert
-
-    return {"mobile-bert": mobile_bert, "long-document": long_document}
 
 
 def _studies(name: str) -> list[str]:
@@ -55,7 +49,7 @@ def cmd_run(a) -> int:
         raise ConfigError("--config", "case_study", "--config applies to one case study; name it instead of 'all'")
     for study in studies:  # validate everything before starting anything: a typo costs no run
         load_config(study, a.profile, a.set, a.config)
-    flows = _flows()
+    flows = catalog.flows()
     for study in studies:
         result = flows[study](profile=a.profile, overrides=a.set or [], config_path=a.config)
         print(f"{study}: MLflow parent run {result['parent_run_id']}; report {result['report']['markdown']}", flush=True)
@@ -63,7 +57,8 @@ def cmd_run(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    from tasks import compare, tracking
+    from tasks.core import tracking
+    from tasks.measure import compare
 
     try:
         table = compare.collect(a.experiment, a.run, a.metrics)
@@ -117,7 +112,7 @@ def cmd_serve(a) -> int:
 
 
 def cmd_ui(a) -> int:
-    from tasks.tracking import tracking_uri
+    from tasks.core.tracking import tracking_uri
 
     uri = tracking_uri()
     print(f"MLflow UI for {uri} on http://{a.host}:{a.port} (Ctrl-C to stop)")
@@ -193,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         url = server.api_url()  # a server from `effilm server start` in this folder (Prefect reads this at import)
         if url:
             os.environ["PREFECT_API_URL"] = url
-    from tasks.tracking import TrackingStoreBusy
+    from tasks.core.tracking import TrackingStoreBusy
 
     try:
         return args.fn(args)

@@ -11,46 +11,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import base_tags, call, fine_tune, flow_run
-from tasks import config, data, mechanisms, scaling, summarize, tracking
-from tasks.caching import CACHE, work_dir
+from flows.common import base_tags, flow_run
+from tasks.core import config, tracking, train
+from tasks.core.orchestrate import call, work_dir
+from tasks.longdoc import mechanisms, scaling, summarize
 
 STUDY = "long-document"
 
 
-fine_tune_base = fine_tune.with_options(name="fine-tune-base")
-
-
-@task(name="evaluate-mechanism", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
-def evaluate_mechanism(mechanism: str, model_dir: str, data_info: dict, long_cfg: dict, eval_cfg: dict) -> dict:
-    test = data.load_split(data_info["paths"]["test"])
-    if eval_cfg.get("max_docs"):
-        test = test.iloc[: eval_cfg["max_docs"]]
-    labels = data_info["labels"]
-    res = mechanisms.evaluate_by_length(mechanism, model_dir, test["text"].tolist(), [labels.index(l) for l in test["label"]],
-                                        labels, long_cfg, eval_cfg["buckets"])
-    return {"metrics": res["metrics"]}
-
-
-@task(name="scaling-benchmark", cache_policy=CACHE, persist_result=True)
-def scaling_benchmark(scaling_cfg: dict, window: int, model_dir: str, work: str) -> dict:
-    rows = scaling.sweep(scaling_cfg["mechanisms"], scaling_cfg["lengths"], window, scaling_cfg["iters"], model_dir)
-    out = Path(work)
-    out.mkdir(parents=True, exist_ok=True)
-    artifacts = {"time_plot": scaling.plot(rows, "latency_ms", "forward latency (ms)", out / "scaling_time.png"),
-                 "memory_plot": scaling.plot(rows, "peak_rss_mb", "peak RSS (MB)", out / "scaling_memory.png")}
-    table = out / "scaling.md"
-    table.write_text(scaling.table(rows) + "\n")
-    artifacts["table"] = str(table)
-    return {"rows": rows, "artifacts": artifacts}
-
-
-@task(name="summarize", cache_policy=CACHE, persist_result=True)
-def summarization(sum_cfg: dict, long_cfg: dict, model_dir: str, seed: int, work: str) -> dict:
-    return summarize.run(sum_cfg, long_cfg, model_dir, seed, work)
+fine_tune_base = train.fine_tune_task.with_options(name="fine-tune-base")
 
 
 @flow(name="long-document", log_prints=True)
@@ -64,18 +36,20 @@ def long_document(profile: str = "quick", overrides: list[str] | None = None, co
     with flow_run(cfg, STUDY) as (parent, data_info):
         # 1. base classifier (the weights every mechanism shares)
         model_slice, train_slice = config.slice_dict(cfg.model), config.slice_dict(cfg.train)
-        base = call(fine_tune_base, "base/fine-tune", model_cfg=model_slice, train_cfg=train_slice, data_info=data_info,
-                    seed=cfg.seed, work=work_dir(out, "base", model_slice, train_slice, data_info["fingerprint"], cfg.seed))
+        base = call(fine_tune_base, "base/fine-tune", model_cfg=model_slice, train_cfg=train_slice, data=data_info,
+                    seed=cfg.seed, work_dir=work_dir(out, "base", model_slice, train_slice, data_info["fingerprint"],
+                                                     cfg.seed, code=train))
         long_slice = config.slice_dict(cfg.long)
 
         # 2. every mechanism on the same test documents, by length bucket
-        evals = {m: call(evaluate_mechanism, f"{m}/evaluate", mechanism=m, model_dir=base["model_dir"], data_info=data_info,
+        evals = {m: call(mechanisms.evaluate_task, f"{m}/evaluate", mechanism=m, model_dir=base["model_dir"], data_info=data_info,
                          long_cfg=long_slice, eval_cfg=config.slice_dict(cfg.evaluate)) for m in cfg.mechanisms}
 
         # 3. cost as documents grow
-        scale = call(scaling_benchmark, "scaling", scaling_cfg=config.slice_dict(cfg.scaling),
+        scale = call(scaling.sweep_task, "scaling", scaling_cfg=config.slice_dict(cfg.scaling),
                      window=cfg.long.attention_window, model_dir=base["model_dir"],
-                     work=work_dir(out, "scaling", config.slice_dict(cfg.scaling), cfg.long.attention_window, base["model_dir"]))
+                     work=work_dir(out, "scaling", config.slice_dict(cfg.scaling), cfg.long.attention_window,
+                                   base["model_dir"], code=scaling))
         per_mech: dict[str, dict] = {}
         for r in scale["rows"]:
             if "latency_ms" in r:
@@ -97,8 +71,10 @@ def long_document(profile: str = "quick", overrides: list[str] | None = None, co
         summaries = {}
         if cfg.summarize.enabled:
             sum_slice = config.slice_dict(cfg.summarize)
-            summaries = call(summarization, "summarize", sum_cfg=sum_slice, long_cfg=long_slice, model_dir=base["model_dir"],
-                             seed=cfg.seed, work=work_dir(out, "summarize", sum_slice, long_slice, base["model_dir"], cfg.seed))
+            summaries = call(summarize.summarize_task, "summarize", cfg=sum_slice, long_cfg=long_slice,
+                             model_dir=base["model_dir"], seed=cfg.seed,
+                             work=work_dir(out, "summarize", sum_slice, long_slice, base["model_dir"], cfg.seed,
+                                           code=summarize))
             for method, res in summaries["methods"].items():
                 with tracking.run(cfg.experiment, method, {**base_tags(STUDY, profile), "variant": method,
                                                            "technique": "summarization"}, parent_run_id=parent) as run_id:

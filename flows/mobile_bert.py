@@ -8,41 +8,23 @@ nested run per variant.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+import numpy as np
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import base_tags, call, call_many, fine_tune, flow_run
-import numpy as np
-
-from tasks import benchmark, compress, config, evaluate, report, select, tracking
-from tasks.caching import CACHE, work_dir
+from flows.common import base_tags, flow_run
+from tasks.compress import registry as compress
+from tasks.core import config, tracking, train
+from tasks.core.orchestrate import call, call_many, work_dir
+from tasks.measure import benchmark, evaluate, report, select, serving
 
 STUDY = "mobile-bert"
 
 
-# ---------------------------------------------------------------------------------------------- tasks
-
-
-fine_tune_teacher = fine_tune.with_options(name="fine-tune-teacher")
-
-
-@task(name="compress", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
-def compress_step(model_dir: str, step: dict, context: dict, out_dir: str) -> dict:
-    return {"model_dir": compress.run_step(model_dir, step, context, out_dir)}
-
-
-@task(name="evaluate", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
-def evaluate_variant(model_dir: str, data_info: dict, eval_cfg: dict, work: str, variant: str) -> dict:
-    return {**evaluate.evaluate(model_dir, data_info, eval_cfg, work, variant), "pid": os.getpid()}
-
-
-@task(name="benchmark", cache_policy=CACHE, persist_result=True, retries=2, retry_delay_seconds=2)
-def benchmark_variant(model_dir: str, texts_path: str, bench_cfg: dict, work: str) -> dict:
-    return benchmark.benchmark(model_dir, texts_path, bench_cfg, work)
+fine_tune_teacher = train.fine_tune_task.with_options(name="fine-tune-teacher")
 
 
 # ----------------------------------------------------------------------------------------------- flow
@@ -57,9 +39,9 @@ def record_variant(cfg, parent_run_id: str, data_info: dict, variant: str, techn
     with tracking.run(cfg.experiment, variant, {**base_tags(STUDY, cfg.profile, data_info["fingerprint"]),
                                                 "variant": variant, "technique": technique, **(extra_tags or {})},
                       parent_run_id=parent_run_id) as run_id:
-        bench = call(benchmark_variant, f"{variant}/benchmark", model_dir=model_dir, texts_path=data_info["paths"]["test"],
-                     bench_cfg=config.slice_dict(cfg.benchmark), work=work_dir(out, "bench", variant, *key,
-                                                                                config.slice_dict(cfg.benchmark)))
+        bench = call(benchmark.benchmark_task, f"{variant}/benchmark", model_dir=model_dir,
+                     texts_path=data_info["paths"]["test"], cfg=config.slice_dict(cfg.benchmark),
+                     work_dir=work_dir(out, "bench", variant, *key, config.slice_dict(cfg.benchmark), code=benchmark))
         metrics = {**ev["metrics"], **bench["metrics"], **(extra_metrics or {})}
         if source_predictions:
             metrics["eval/agreement_with_source"] = float(
@@ -67,7 +49,7 @@ def record_variant(cfg, parent_run_id: str, data_info: dict, variant: str, techn
         tracking.log_metrics(run_id, metrics)
         for path in (*ev["artifacts"].values(), *bench["artifacts"].values()):
             tracking.log_artifact(run_id, path, "eval" if not path.endswith("benchmark.json") else "bench")
-        tracking.log_model(run_id, model_dir)
+        tracking.log_model(run_id, model_dir, **serving.pyfunc_spec(model_dir))
     return {"variant": variant, "technique": technique, "run_id": run_id, "model_dir": model_dir,
             "predictions": ev["artifacts"]["predictions"], "eval_pid": ev.get("pid"), **metrics}
 
@@ -77,8 +59,9 @@ def build_variant(cfg, variant, source_dir: str, context: dict) -> str:
     model_dir = source_dir
     for i, step in enumerate(variant.steps):
         step_cfg = step.model_dump(mode="json", exclude_none=True)
-        out_dir = work_dir(Path(cfg.output_dir), "variants", variant.name, i, model_dir, step_cfg, context)
-        model_dir = call(compress_step, f"{variant.name}/{step.technique}", model_dir=model_dir, step=step_cfg,
+        out_dir = work_dir(Path(cfg.output_dir), "variants", variant.name, i, model_dir, step_cfg, context,
+                           code=compress.module_of(step.technique))
+        model_dir = call(compress.compress_task, f"{variant.name}/{step.technique}", model_dir=model_dir, step=step_cfg,
                          context=context, out_dir=out_dir)["model_dir"]
     return model_dir
 
@@ -96,8 +79,9 @@ def mobile_bert(profile: str = "quick", overrides: list[str] | None = None, conf
         model_slice = config.slice_dict(cfg.model)
         train_slice = config.slice_dict(cfg.train)
         teacher = call(fine_tune_teacher, "teacher/fine-tune", model_cfg=model_slice, train_cfg=train_slice,
-                       data_info=data_info, seed=cfg.seed,
-                       work=work_dir(out, "teacher", model_slice, train_slice, data_info["fingerprint"], cfg.seed))
+                       data=data_info, seed=cfg.seed,
+                       work_dir=work_dir(out, "teacher", model_slice, train_slice, data_info["fingerprint"], cfg.seed,
+                                         code=train))
 
         # 3. compress: every variant builds on its source (each step a cached task writing its own folder)
         context = {"data": data_info, "train": train_slice, "seed": cfg.seed}
@@ -110,9 +94,9 @@ def mobile_bert(profile: str = "quick", overrides: list[str] | None = None, conf
                           names[variant.source]))
 
         # 4. evaluate every variant, in parallel on the task runner (execution.task_runner: thread | dask)
-        evals = call_many(evaluate_variant, {
+        evals = call_many(evaluate.evaluate_task, {
             name: dict(model_dir=d, data_info=data_info, eval_cfg=config.slice_dict(cfg.evaluate),
-                       work=work_dir(out, "eval", name, d, data_info["fingerprint"]), variant=name)
+                       work=work_dir(out, "eval", name, d, data_info["fingerprint"], code=evaluate), variant=name)
             for name, _, d, _ in specs}, config.slice_dict(cfg.execution))
 
         # 5. benchmark one variant at a time, after the fan-out has finished: latency is measured with nothing else

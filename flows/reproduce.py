@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from tasks import caching, config, data, tracking
-from tasks.config import ConfigError
+from tasks.core import config, data, orchestrate, tracking
+from tasks.core.config import ConfigError
 
 # (pattern, kind, tolerance): first match wins. "abs": |new - old| <= tol; "rel": |new - old| <= tol * |old|;
 # a tolerance of None is the run's --latency-tolerance.
@@ -124,7 +124,7 @@ def plan(run_id: str, force: bool = False) -> dict:
         raise ConfigError(src, "artifacts.config/resolved.yaml", f"the run has no recorded config ({exc})") from None
     cfg = config.validate(study, resolved, f"{src}: config/resolved.yaml")
     notes = []
-    recorded_code, current_code = tags.get("code_version"), caching.code_version()
+    recorded_code, current_code = tags.get("code_version"), orchestrate.code_version()
     if recorded_code != current_code:
         msg = (f"code changed since the run (code_version {recorded_code} recorded, {current_code} now; the run was "
                f"made at git {tags.get('git_sha', 'unknown')}): `git checkout {tags.get('git_sha', '<sha>').removesuffix('-dirty')}` "
@@ -146,7 +146,7 @@ def plan(run_id: str, force: bool = False) -> dict:
 
 def reproduce(run_id: str, force: bool = False, output_dir: str | None = None,
               latency_tolerance: float = LATENCY_TOLERANCE) -> Report:
-    from flows.cli import _flows
+    from flows import catalog
 
     p = plan(run_id, force)
     resolved, study = dict(p["resolved"]), p["study"]
@@ -161,7 +161,7 @@ def reproduce(run_id: str, force: bool = False, output_dir: str | None = None,
     Path(resolved["output_dir"]).mkdir(parents=True, exist_ok=True)
     cfg_file = Path(resolved["output_dir"]) / "reproduce-config.yaml"
     cfg_file.write_text(yaml.safe_dump({**resolved, "profiles": {profile: {}}}, sort_keys=False))
-    result = _flows()[study](profile=profile, overrides=[], config_path=str(cfg_file))
+    result = catalog.flows()[study](profile=profile, overrides=[], config_path=str(cfg_file))
     new_parent = result["parent_run_id"]
 
     originals = {r.data.tags.get("variant"): r for r in tracking.child_runs(p["parent"].info.run_id)}

@@ -11,8 +11,8 @@ import os
 from datetime import timedelta
 
 from flows import server
-from tasks import config
-from tasks.config import ConfigError
+from tasks.core import config
+from tasks.core.config import ConfigError
 
 
 def deployment_name(study: str, profile: str) -> str:
@@ -36,9 +36,9 @@ def schedule_args(schedule: config.ScheduleConfig, cron: str | None = None, inte
 
 def build_deployments(studies: list[str], profile: str, overrides: list[str] | None, config_path: str | None,
                       cron: str | None = None, interval: int | None = None) -> list:
-    from flows.cli import _flows
+    from flows import catalog
 
-    flows = _flows()
+    flows = catalog.flows()
     deployments = []
     for study in studies:
         cfg = config.load_config(study, profile, overrides, config_path)  # a bad config fails here, not at 2 a.m.

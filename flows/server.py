@@ -17,8 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tasks.config import ConfigError
-from tasks.tracking import pid_alive
+from tasks.core.config import ConfigError
+from tasks.core.tracking import pid_alive
 
 
 def state_dir() -> Path:

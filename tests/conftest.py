@@ -41,7 +41,7 @@ def make_tiny_model(path: Path, num_labels: int = 2, layers: int = 2, hidden: in
     """A random BERT classifier (hidden 32, 2 layers) with the packaged MiniLM tokenizer."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from tasks.models import resolve_source
+    from tasks.core.models import resolve_source
 
     tok = AutoTokenizer.from_pretrained(resolve_source("packaged:minilm-l6"))
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
@@ -61,7 +61,7 @@ def tiny_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def bbc_slice(tmp_path_factory) -> dict:
     """A small stratified slice of the packaged BBC corpus, prepared exactly like the flow does."""
-    from tasks import data
+    from tasks.core import data
 
     cfg = {"source": "bbc", "path": None, "text_field": "text", "label_field": "label", "hf_config": None,
            "hf_split": "train", "max_samples": 100, "val_fraction": 0.1, "test_fraction": 0.2}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tasks import attention, longify
+from tasks.longdoc import attention, longify
 from tests.conftest import make_tiny_model
 
 
@@ -34,7 +34,7 @@ def test_window_covering_input_equals_full_attention():
 
 
 def test_longified_model_matches_source_on_short_inputs(tmp_path):
-    from tasks import models
+    from tasks.core import models
 
     src = make_tiny_model(tmp_path / "m", num_labels=3)
     ref_model = models.load_hf_model(src)

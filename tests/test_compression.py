@@ -5,7 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks import compress, distill, evaluate, export, layers, models, preprocess, prune, quantize, train, vocab
+from tasks.compress import distill, export, layers, prune, quantize, vocab
+from tasks.compress import registry as compress
+from tasks.core import models, preprocess, train
+from tasks.measure import evaluate, runtimes
 from tests.conftest import make_tiny_model
 
 TRAIN = {"epochs": 1, "batch_size": 8, "learning_rate": 3e-3, "weight_decay": 0.0, "warmup_ratio": 0.0,
@@ -29,7 +32,7 @@ def sample_texts(bbc_slice, n=24):
 
 
 def logits(model_dir, texts):
-    run, tok, manifest = models.load_for_inference(model_dir)
+    run, tok, manifest = runtimes.load_for_inference(model_dir)
     enc = models.encode(tok, preprocess.normalize(texts, manifest.get("preprocess")), manifest.get("max_length", 64))
     with torch.inference_mode():
         return run(enc["input_ids"], enc["attention_mask"]).float()
@@ -55,7 +58,7 @@ def test_quantize_int8_agrees_with_fp32_and_is_smaller(trained, bbc_slice, tmp_p
     assert torch.allclose(got, ref, atol=0.15)
     # embeddings are most of a tiny BERT: int8 tables cut the file by ~4x
     assert models.disk_size_mb(emb) < 0.35 * models.disk_size_mb(trained)
-    run, _, _ = models.load_for_inference(emb)
+    run, _, _ = runtimes.load_for_inference(emb)
     assert isinstance(run.model.bert.embeddings.word_embeddings, quantize.Int8Embedding)
     assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in run.model.modules())
 
@@ -71,7 +74,7 @@ def test_unstructured_pruning_is_permanent_and_stored_sparse(trained, bbc_slice,
     out = prune.compress_unstructured(trained, {"sparsity": 0.7, "out_dir": str(tmp_path / "p70")})
     manifest = models.read_manifest(out)
     assert manifest["format"] == "hf-sparse" and abs(manifest["sparsity"] - 0.7) < 0.01
-    run, _, _ = models.load_for_inference(out)
+    run, _, _ = runtimes.load_for_inference(out)
     ws = [m.weight for _, m in prune.encoder_linears(run.model)]
     zeros = sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
     assert abs(zeros - 0.7) < 0.01
@@ -174,18 +177,18 @@ def test_onnx_export_matches_eager(trained, bbc_slice, tmp_path):
 def test_executorch_export_matches_eager(trained, bbc_slice, tmp_path):
     pytest.importorskip("executorch")
     texts = sample_texts(bbc_slice, 4)
-    run, tok, _ = models.load_for_inference(trained)
+    run, tok, _ = runtimes.load_for_inference(trained)
     enc = models.encode(tok, texts, 64, pad_to_max=True)
     with torch.inference_mode():
         ref = run(enc["input_ids"], enc["attention_mask"])
     out = export.compress(trained, {"format": "pte", "seq_len": 64, "out_dir": str(tmp_path / "pte")})
     assert (tmp_path / "pte" / "model.pte").stat().st_size > 0
-    prun, _, manifest = models.load_for_inference(out)
+    prun, _, manifest = runtimes.load_for_inference(out)
     assert manifest["format"] == "pte" and prun.batch_sizes == [1]
     got = prun(enc["input_ids"], enc["attention_mask"])
     assert torch.allclose(got, ref, atol=1e-4)
     q = export.compress(trained, {"format": "pte", "seq_len": 64, "quantize": "int8", "out_dir": str(tmp_path / "pte8")})
-    q_run, _, _ = models.load_for_inference(q)
+    q_run, _, _ = runtimes.load_for_inference(q)
     assert (q_run(enc["input_ids"], enc["attention_mask"]).argmax(-1) == ref.argmax(-1)).float().mean() >= 0.75
 
 

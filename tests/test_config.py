@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from flows.cli import main
-from tasks.config import ConfigError, load_config, parse_overrides
+from tasks.core.config import ConfigError, load_config, parse_overrides
 
 
 def write(tmp_path: Path, body: dict) -> Path:

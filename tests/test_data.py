@@ -3,8 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from tasks import data
-from tasks.config import ConfigError
+from tasks.core import data
+from tasks.core.config import ConfigError
 
 TEXTS = {
     "sport": ["The striker scored twice in the final.", "A late goal won the cup.", "The team lost at home.",

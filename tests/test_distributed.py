@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForSequenceClassification
 
-from tasks import models, train
+from tasks.core import models, train
 from tests.conftest import make_tiny_model
 
 
@@ -52,7 +52,7 @@ def test_failed_distributed_job_says_why(bbc_slice, tmp_path):
 
 @pytest.mark.integration
 def test_distillation_runs_under_ddp(no_dropout_model, bbc_slice, tmp_path):
-    from tasks import compress
+    from tasks.compress import registry as compress
 
     teacher = _fine_tune(no_dropout_model, bbc_slice, tmp_path / "teacher", 1)["model_dir"]
     train_cfg = {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0,

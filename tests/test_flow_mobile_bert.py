@@ -66,7 +66,7 @@ def test_flow_end_to_end_and_cached_rerun(tiny_model_dir, mlflow_uri, tmp_path, 
     model = mlflow.pyfunc.load_model(f"runs:/{teacher.info.run_id}/model")
     pred = model.predict(pd.DataFrame({"text": ["Shares rose after the bank's profits beat forecasts."]}))
     assert pred.loc[0, "label"] in {"business", "entertainment", "politics", "sports", "tech"}
-    from tasks import models, tracking
+    from tasks.core import models, tracking
 
     local = tracking.download_model(teacher.info.run_id, dst=str(tmp_path / "dl"))
     assert models.read_manifest(local)["labels"] == ["business", "entertainment", "politics", "sports", "tech"]

@@ -4,7 +4,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from tasks import longify, mechanisms, models, scaling, summarize
+from tasks.core import models
+from tasks.longdoc import longify, mechanisms, scaling_probe, summarize
 from tests.conftest import make_tiny_model
 
 LONG = {"max_positions": 2048, "attention_window": 32, "max_tokens": 2048}
@@ -42,7 +43,7 @@ def test_each_mechanism_classifies_a_long_document(tiny_cls, mech):
 
 @pytest.mark.parametrize("mech", ["full-long", "sliding-window", "hf-longformer", "chunked-512", "bigbird"])
 def test_each_mechanism_forward_for_scaling(tiny_cls, mech):
-    fn = scaling.build(mech, 1024, 64, tiny_cls)
+    fn = scaling_probe.build(mech, 1024, 64, tiny_cls)
     with torch.no_grad():
         assert torch.isfinite(fn()).all()
 

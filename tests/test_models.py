@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from tasks import models
-from tasks.config import ConfigError
+from tasks.core import models
+from tasks.core.config import ConfigError
+from tasks.measure import runtimes
 
 
 def test_packaged_minilm_loads_as_classifier():
@@ -23,7 +24,7 @@ def test_tiny_local_model_roundtrip(tiny_model_dir, tmp_path):
     assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 2
     out = models.save_hf(model, tok, tmp_path / "m", labels=["neg", "pos"], max_length=32)
     assert not (tmp_path / "m.partial").exists()
-    run, tok2, manifest = models.load_for_inference(out)
+    run, tok2, manifest = runtimes.load_for_inference(out)
     assert manifest["format"] == "hf" and manifest["labels"] == ["neg", "pos"]
     enc = models.encode(tok2, ["a test"], 32)
     assert run(enc["input_ids"], enc["attention_mask"]).shape == (1, 2)

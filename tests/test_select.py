@@ -1,4 +1,4 @@
-from tasks import select
+from tasks.measure import select
 
 
 def row(name, acc, ms, mb):

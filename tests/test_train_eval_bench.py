@@ -4,7 +4,8 @@ import shutil
 import numpy as np
 import pytest
 
-from tasks import benchmark, evaluate, models, train
+from tasks.core import models, train
+from tasks.measure import benchmark, evaluate
 
 TRAIN = {"epochs": 1, "batch_size": 8, "learning_rate": 5e-3, "weight_decay": 0.0, "warmup_ratio": 0.0,
          "max_grad_norm": 1.0, "checkpoint_every": 2, "max_steps": 6, "device": "cpu"}

@@ -7,7 +7,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from tasks import tracking
+from tasks.core import tracking
 from tests.services import mlflow_server
 from tests.test_flow_mobile_bert import overrides
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tasks import config
+from tasks.core import config
 from tests.reliability.helpers import ROOT, tiny_args
 from tests.services import free_port
 

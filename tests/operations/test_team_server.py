@@ -56,7 +56,7 @@ def test_flows_at_once_against_mlflow_server_on_postgresql(tiny_model_dir, tmp_p
             assert selected[0].data.tags["registered_version"] == reported
         assert c.get_model_version_by_alias("effilm-mobile-bert", "mobile").version in {v.version for v in versions}
         # and a model comes back through the server's artifact proxy
-        from tasks import models, tracking
+        from tasks.core import models, tracking
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         local = tracking.download_model(versions[0].run_id, dst=str(tmp_path / "dl"))

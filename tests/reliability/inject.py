@@ -31,7 +31,8 @@ def _fire(point: str) -> bool:
 
 
 def install() -> None:
-    from tasks import benchmark, models
+    from tasks.core import models
+    from tasks.measure import benchmark
 
     if os.environ.get("EFFILM_INJECT_FAULT") == "benchmark":
         real_benchmark = benchmark.benchmark

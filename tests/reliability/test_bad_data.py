@@ -5,8 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from tasks import data, evaluate, models
-from tasks.config import ConfigError
+from tasks.core import data, models
+from tasks.core.config import ConfigError
+from tasks.measure import evaluate
 
 
 def cfg(kind, path, **kw):

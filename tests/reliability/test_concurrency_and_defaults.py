@@ -3,7 +3,7 @@
 import pytest
 from mlflow import MlflowClient
 
-from tasks import caching, config, models, tracking
+from tasks.core import config, models, orchestrate, tracking
 from tests.reliability.helpers import flows_at_once
 
 
@@ -28,11 +28,11 @@ def test_ui_binds_loopback_by_default():
 
 
 def test_paths_cannot_escape_output_folder(tmp_path):
-    assert caching.safe_join(tmp_path, "a", "b") == (tmp_path / "a" / "b").resolve()
+    assert orchestrate.safe_join(tmp_path, "a", "b") == (tmp_path / "a" / "b").resolve()
     with pytest.raises(ValueError, match="outside the output folder"):
-        caching.safe_join(tmp_path, "..", "etc")
+        orchestrate.safe_join(tmp_path, "..", "etc")
     with pytest.raises(ValueError):
-        caching.safe_join(tmp_path, "/etc/passwd")
+        orchestrate.safe_join(tmp_path, "/etc/passwd")
 
 
 def test_trust_remote_code_off_by_default():
@@ -60,7 +60,7 @@ def test_malicious_checkpoint_pickle_is_not_executed(tiny_model_dir, tmp_path):
     """Trainer state (.pt, unavoidable for optimizer state) is read with weights_only=True: code in it never runs."""
     import pickle
 
-    from tasks import train
+    from tasks.core import train
 
     evidence = tmp_path / "pwned"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tasks import models
+from tasks.core import models
+from tasks.measure import runtimes
 from tests.reliability.helpers import effilm, env_for, tiny_args
 
 pytestmark = pytest.mark.integration
@@ -119,7 +120,7 @@ def test_sigkill_during_export_rebuilds_the_half_written_folder(fmt, tiny_model_
     assert exported.data.metrics["eval/accuracy"] == pytest.approx(
         [r for r in all_runs if r.data.tags.get("variant") == "teacher-fp32"][0].data.metrics["eval/accuracy"], abs=0.05)
     assert models.read_manifest(final)["format"] == fmt and not partial[0].exists()
-    run, _, _ = models.load_for_inference(final)  # the rebuilt folder loads in its runtime
+    run, _, _ = runtimes.load_for_inference(final)  # the rebuilt folder loads in its runtime
 
 
 def test_transient_error_is_retried_without_duplicate_runs(tiny_model_dir, tmp_path):
@@ -150,7 +151,7 @@ def test_interrupted_write_leaves_no_complete_folder(tmp_path):
 
 def test_flow_exception_marks_run_failed(tiny_model_dir, tmp_path, mlflow_uri, monkeypatch):
     from flows.mobile_bert import mobile_bert
-    from tasks import tracking
+    from tasks.core import tracking
 
     sets = tiny_args(tiny_model_dir, tmp_path / "out")[5::2]
 

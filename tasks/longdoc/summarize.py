@@ -14,8 +14,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from prefect import task
 
-from tasks.data import DataError, iter_jsonl, packaged_bbc_dir, read_text_file
+from tasks.core.data import DataError, iter_jsonl, packaged_bbc_dir, read_text_file
+from tasks.core.orchestrate import CACHE
 
 _SENT = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
 _GLUED = re.compile(r"(?<=[a-z0-9%)\"'][.!?])(?=[A-Z\"'])")
@@ -140,8 +142,9 @@ def lead_k(sentences: list[str], k: int) -> list[int]:
     return list(range(min(k, len(sentences))))
 
 
-def textrank_scores(sentences: list[str], damping: float = 0.85, iters: int = 50) -> np.ndarray:
-    """PageRank over the TF-IDF cosine-similarity graph of the sentences (power iteration)."""
+def textrank_scores(sentences: list[str], damping: float = 0.85) -> np.ndarray:
+    """PageRank (networkx) over the TF-IDF cosine-similarity graph of the sentences."""
+    import networkx as nx
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     n = len(sentences)
@@ -151,12 +154,8 @@ def textrank_scores(sentences: list[str], damping: float = 0.85, iters: int = 50
         return np.linspace(1.0, 0.0, n)
     sim = (x @ x.T).toarray()
     np.fill_diagonal(sim, 0.0)
-    rows = sim.sum(1, keepdims=True)
-    trans = np.divide(sim, rows, out=np.full_like(sim, 1.0 / n), where=rows > 0)
-    r = np.full(n, 1.0 / n)
-    for _ in range(iters):
-        r = (1 - damping) / n + damping * trans.T @ r
-    return r
+    rank = nx.pagerank(nx.from_numpy_array(sim), alpha=damping, weight="weight", max_iter=200, tol=1e-8)
+    return np.array([rank[i] for i in range(n)])
 
 
 def textrank(sentences: list[str], k: int) -> list[int]:
@@ -260,7 +259,8 @@ def run(cfg: dict, long_cfg: dict, model_dir: str, seed: int, work: str) -> dict
 
     from sklearn.linear_model import LogisticRegression
 
-    from tasks import longify, models
+    from tasks.core import models
+    from tasks.longdoc import longify
 
     docs, where = load_docs(cfg)
     if cfg["data"].get("max_docs") and cfg["data"]["max_docs"] < len(docs):  # a seeded sample across all classes
@@ -326,7 +326,7 @@ def abstractive(model_id: str, test: list[dict], generation: dict) -> dict:
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    path = __import__("tasks.models", fromlist=["resolve_source"]).resolve_source(model_id)
+    path = __import__("tasks.core.models", fromlist=["resolve_source"]).resolve_source(model_id)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSeq2SeqLM.from_pretrained(path, use_safetensors=True).eval()
     max_in = getattr(model.config, "max_encoder_position_embeddings", None) or getattr(model.config, "max_position_embeddings", 1024)
@@ -348,3 +348,6 @@ def abstractive(model_id: str, test: list[dict], generation: dict) -> dict:
         "eval/rouge1": float(np.mean([r["rouge1"] for r in rs])), "eval/rouge2": float(np.mean([r["rouge2"] for r in rs])),
         "eval/rougeL": float(np.mean([r["rougeL"] for r in rs])), "eval/summary_words": float(np.mean([len(o.split()) for o in outs])),
         "eval/seconds_per_doc": seconds / max(1, len(test)), "eval/num_docs": len(test)}}
+
+
+summarize_task = task(run, name="summarize", cache_policy=CACHE, persist_result=True)

@@ -5,8 +5,8 @@ optionally int8 through the PT2E XNNPACK quantizer) — the mobile runtime.
 
 Both exports trace :class:`ClassifierGraph`, a plain forward of a BERT classifier (embeddings -> blocks with an
 additive mask -> pooler -> head) that matches the eager model and avoids transformers' mask builder, which the
-PT2E quantizer cannot trace. The runners in this file are what ``tasks.models.load_for_inference`` returns, so
-exported files are evaluated and benchmarked *in their runtime* exactly like eager models.
+PT2E quantizer cannot trace. ``tasks/measure/runtimes.py`` runs the exported files *in their runtime*, so they are
+evaluated and benchmarked exactly like eager models.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from tasks import models
+from tasks.core import models
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +82,9 @@ def export_onnx(model_dir: str, cfg: dict) -> str:
 
 
 def export_pte(model_dir: str, cfg: dict) -> str:
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackPartitioner,
+    )
     from executorch.exir import to_edge_transform_and_lower
     from transformers import AutoTokenizer
 
@@ -97,8 +97,13 @@ def export_pte(model_dir: str, cfg: dict) -> str:
         warnings.simplefilter("ignore")
         if cfg.get("quantize") == "int8":
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-                XNNPACKQuantizer, get_symmetric_quantization_config)
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+                XNNPACKQuantizer,
+                get_symmetric_quantization_config,
+            )
+            from torchao.quantization.pt2e.quantize_pt2e import (
+                convert_pt2e,
+                prepare_pt2e,
+            )
 
             quantizer = XNNPACKQuantizer()
             # Linear layers only: the embedding lookups must stay out of the quantized graph.
@@ -126,58 +131,3 @@ def compress(model_dir: str, cfg: dict) -> str:
         return export_pte(model_dir, cfg)
     raise ValueError(f"unknown export format {fmt!r}; use onnx or pte")
 
-
-# --------------------------------------------------------------------------------------------- runners
-
-
-def load_onnx_runner(model_dir: str | Path, manifest: dict):
-    import onnxruntime as ort
-
-    sessions: dict[int, ort.InferenceSession] = {}
-    path = str(Path(model_dir) / "model.onnx")
-
-    def session() -> ort.InferenceSession:
-        threads = torch.get_num_threads()
-        if threads not in sessions:
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            sessions[threads] = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        return sessions[threads]
-
-    session()
-
-    def run(input_ids, attention_mask):
-        out = session().run(["logits"], {"input_ids": input_ids.numpy().astype(np.int64),
-                                         "attention_mask": attention_mask.numpy().astype(np.int64)})[0]
-        return torch.from_numpy(out)
-
-    return run
-
-
-def load_pte_runner(model_dir: str | Path, manifest: dict):
-    """ExecuTorch runtime (XNNPACK). The program has a static (1, seq_len) input: batches run row by row."""
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
-
-    # XNNPACK's threadpool is process-wide; resizing it once a program has run crashed the process here, so it is
-    # sized once, before loading, to torch's thread count (the benchmark sets 1 thread first: the mobile setting).
-    threads = torch.get_num_threads()
-    if portable_lib._threadpool_get_thread_count() != threads:
-        portable_lib._unsafe_reset_threadpool(threads)
-    method = Runtime.get().load_program(Path(model_dir) / "model.pte").load_method("forward")
-    seq_len = manifest["seq_len"]
-
-    def run(input_ids, attention_mask):
-        outs = []
-        for ids, mask in zip(input_ids, attention_mask):
-            n = ids.shape[0]
-            if n < seq_len:
-                ids = torch.nn.functional.pad(ids, (0, seq_len - n))
-                mask = torch.nn.functional.pad(mask, (0, seq_len - n))
-            outs.append(method.execute((ids[None, :seq_len].long(), mask[None, :seq_len].long()))[0])
-        return torch.cat(outs)
-
-    run.batch_sizes = [1]
-    run.thread_settings = [threads]
-    return run

@@ -5,20 +5,19 @@ embeddings, stored as int8 + per-channel scales in safetensors (the ``int8`` mod
 
 At load time Linear layers become ``torch.ao.nn.quantized.dynamic.Linear`` (fbgemm int8 GEMM with per-channel
 weight scales) and embeddings an :class:`Int8Embedding` that dequantizes only the looked-up rows, so both disk
-and memory shrink. ONNX Runtime int8 (the peer every user would try) lives in ``tasks/export.py``.
+and memory shrink. ONNX Runtime int8 (the peer every user would try) lives in ``tasks/compress/export.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from tasks import models
+from tasks.core import models
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +118,6 @@ def load_int8_model(model_dir: str | Path, manifest: dict) -> nn.Module:
     if leftover:
         raise ValueError(f"{model_dir}: weights missing for {leftover[:3]}")
     return model.eval()
-
-
-def load_int8_runner(model_dir: str | Path, manifest: dict):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = load_int8_model(model_dir, manifest)
-    return models.eager_runner(model)
 
 
 def compress(model_dir: str, cfg: dict) -> str:

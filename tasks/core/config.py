@@ -14,7 +14,9 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-CASE_STUDY_DIR = Path(__file__).resolve().parent.parent / "case_studies"
+from tasks import PROJECT_ROOT
+
+CASE_STUDY_DIR = PROJECT_ROOT / "case_studies"
 CASE_STUDIES = {"mobile-bert": "mobile_bert.yaml", "long-document": "long_document.yaml"}
 
 

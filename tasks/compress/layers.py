@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from tasks import data as data_mod
-from tasks import models, preprocess, train
+from tasks.core import models, train
 
 
 def keep_indices(n_layers: int, keep) -> list[int]:
@@ -35,17 +34,6 @@ def drop_layers(model: nn.Module, keep) -> list[int]:
     return idx
 
 
-def finetune_model(model, tokenizer, manifest: dict, cfg: dict, work: str, loss_fn=None, desc: str = "fine-tune") -> dict:
-    """Fine-tune on the training split, with the step's normalization and augmentation applied."""
-    labels = manifest["labels"]
-    df = data_mod.load_split(cfg["data"]["paths"]["train"])
-    texts, ys = preprocess.augment(df["text"].tolist(), [labels.index(l) for l in df["label"]], cfg.get("augment"), cfg.get("seed", 0))
-    texts = preprocess.normalize(texts, cfg.get("preprocess") or manifest.get("preprocess"))
-    train_cfg = {**cfg["train"], **(cfg.get("finetune") or {})}
-    return train.train_loop(model, tokenizer, texts, ys, train_cfg, cfg.get("seed", 0), manifest.get("max_length", 128),
-                            work, loss_fn=loss_fn, desc=desc)
-
-
 def compress(model_dir: str, cfg: dict) -> str:
     from transformers import AutoTokenizer
 
@@ -55,7 +43,7 @@ def compress(model_dir: str, cfg: dict) -> str:
     kept = drop_layers(model, cfg.get("keep", "every_other"))
     stats = {}
     if (cfg.get("finetune") or {}).get("epochs", 1):
-        stats = finetune_model(model, tokenizer, manifest, cfg, cfg["out_dir"] + ".work", desc=f"fine-tune {len(kept)} layers")
+        stats = train.finetune_model(model, tokenizer, manifest, cfg, cfg["out_dir"] + ".work", desc=f"fine-tune {len(kept)} layers")
     keep = {k: manifest.get(k) for k in ("labels", "max_length", "source")}
     keep["preprocess"] = cfg.get("preprocess") or manifest.get("preprocess")
     return models.save_hf(model.cpu(), tokenizer, cfg["out_dir"], **keep, kept_layers=kept, reduced_from=str(model_dir),

@@ -14,7 +14,7 @@ import fnmatch
 import re
 from pathlib import Path
 
-from tasks import tracking
+from tasks.core import tracking
 
 DEFAULT_METRICS = ("eval/accuracy", "eval/macro_f1", "eval/rouge*", "bench/latency_ms_L*", "bench/latency_ms_p50_b1_t1",
                    "bench/latency_ms_p50_b1_tall",

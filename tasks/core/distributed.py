@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from tasks import PROJECT_ROOT  # noqa: E402
 
 
 def is_active() -> bool:
@@ -55,7 +55,7 @@ def launch(target: str, kwargs: dict, nproc: int, work: str | Path) -> Any:
     result_file.unlink(missing_ok=True)
     args_file.write_text(json.dumps({"target": target, "kwargs": kwargs}, default=str))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "tasks.distributed", str(args_file), str(result_file)]
+           "-m", "tasks.core.distributed", str(args_file), str(result_file)]
     log.info("distributed: %s on %d processes (log %s)", target, nproc, log_file)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))

@@ -90,7 +90,7 @@ def select(rows: list[dict], constraints: dict, baseline_acc: float, objective: 
 
 def register(run_id: str, name: str, alias: str, tags: dict | None = None) -> str:
     """Register the chosen variant's model in the MLflow Model Registry and point ``alias`` at it. -> version."""
-    from tasks import tracking
+    from tasks.core import tracking
 
     return tracking.register_model(run_id, name, alias, tags,
                                    description="effilm: best variant under the case study's constraints")

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from prefect import task
 from tqdm.auto import tqdm
 
-from tasks import data as data_mod
-from tasks import models, preprocess
+from tasks.core import data as data_mod
+from tasks.core import models, preprocess
+from tasks.core.orchestrate import CACHE
+from tasks.measure import runtimes
 
 
 @torch.inference_mode()
 def predict(model_dir: str, texts: list[str], batch_size: int = 64, max_length: int | None = None) -> np.ndarray:
-    run, tokenizer, manifest = models.load_for_inference(model_dir)
+    run, tokenizer, manifest = runtimes.load_for_inference(model_dir)
     max_length = max_length or manifest.get("max_length", 128)
     texts = preprocess.normalize(texts, manifest.get("preprocess"))
     preds = []
@@ -27,7 +31,12 @@ def predict(model_dir: str, texts: list[str], batch_size: int = 64, max_length: 
 
 
 def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> tuple[dict, dict, np.ndarray]:
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
 
     ids = list(range(len(labels)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
@@ -95,3 +104,9 @@ def evaluate(model_dir: str, data: dict, eval_cfg: dict, work_dir: str, variant:
         "metrics": metrics,
         "artifacts": {"confusion_matrix": str(cm_path), "per_class": str(out / "per_class.json"), "predictions": str(out / "predictions.npy")},
     }
+
+
+@task(name="evaluate", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
+def evaluate_task(model_dir: str, data_info: dict, eval_cfg: dict, work: str, variant: str) -> dict:
+    """Evaluate one variant (fans out on the task runner; ``pid`` tells which worker process ran it)."""
+    return {**evaluate(model_dir, data_info, eval_cfg, work, variant), "pid": os.getpid()}

@@ -10,8 +10,19 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from tasks import architectures, distill, export, layers, prune, quantize, vocab
-from tasks.models import MANIFEST
+from prefect import task
+
+from tasks.compress import (
+    architectures,
+    distill,
+    export,
+    layers,
+    prune,
+    quantize,
+    vocab,
+)
+from tasks.core.models import MANIFEST
+from tasks.core.orchestrate import CACHE
 
 TECHNIQUES: dict[str, Callable[[str, dict], str]] = {
     "quantize": quantize.compress,
@@ -38,3 +49,15 @@ def run_step(model_dir: str, step: dict, context: dict, out_dir: str) -> str:
     # the step's training checkpoints (``<out_dir>.work``) served a killed run's resume; the model is complete now
     shutil.rmtree(out_dir + ".work", ignore_errors=True)
     return out
+
+
+def module_of(technique: str) -> str:
+    """The module that implements a technique (its code version keys the step's work folder)."""
+    if technique not in TECHNIQUES:
+        raise ValueError(f"unknown technique {technique!r}; known: {', '.join(TECHNIQUES)}")
+    return TECHNIQUES[technique].__module__
+
+
+@task(name="compress", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
+def compress_task(model_dir: str, step: dict, context: dict, out_dir: str) -> dict:
+    return {"model_dir": run_step(model_dir, step, context, out_dir)}

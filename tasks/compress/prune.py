@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from tasks import data as data_mod
-from tasks import layers, models, preprocess
+from tasks.core import data as data_mod
+from tasks.core import models, preprocess, train
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def save_sparse(model: nn.Module, tokenizer, out_dir: str | Path, **manifest) ->
     return str(out_dir)
 
 
-def load_sparse_runner(model_dir: str | Path, manifest: dict):
+def load_sparse_model(model_dir: str | Path, manifest: dict):
     """Densify the stored sparse weights into a regular model (dense kernels at run time)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -87,7 +87,7 @@ def load_sparse_runner(model_dir: str | Path, manifest: dict):
         dense[mask] = state.pop(f"{name}.weight_values")
         state[f"{name}.weight"] = dense.view(shape)
     model.load_state_dict(state, strict=False)
-    return models.eager_runner(model.eval())
+    return model.eval()
 
 
 def compress_unstructured(model_dir: str, cfg: dict) -> str:
@@ -201,7 +201,7 @@ def compress_structured(model_dir: str, cfg: dict) -> str:
     stats = {}
     recovery = cfg.get("recovery") or {}
     if recovery.get("epochs", 0) or recovery.get("max_steps"):
-        stats = layers.finetune_model(model, tokenizer, manifest, {**cfg, "finetune": recovery}, cfg["out_dir"] + ".work",
+        stats = train.finetune_model(model, tokenizer, manifest, {**cfg, "finetune": recovery}, cfg["out_dir"] + ".work",
                                       desc="recovery fine-tune")
     keep = {k: manifest.get(k) for k in ("labels", "max_length", "source", "preprocess")}
     out = models.save_hf(model.cpu(), tokenizer, cfg["out_dir"], **keep, pruned_from=str(model_dir),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -17,10 +16,13 @@ from typing import Callable
 
 import numpy as np
 import torch
+from prefect import task
 from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
-from tasks import data as data_mod
-from tasks import distributed, models
+from tasks.core import data as data_mod
+from tasks.core import distributed, models, preprocess
+from tasks.core.orchestrate import CACHE
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +30,14 @@ STATE_FILE = "trainer_state.pt"
 
 
 def set_seed(seed: int) -> None:
-    """Seed every RNG training touches and ask for deterministic kernels (reproducible re-runs: `effilm reproduce`)."""
+    """Seed every RNG training touches (transformers' ``set_seed``: Python, NumPy, torch, CUDA) and ask for
+    deterministic kernels, warning instead of failing where an op has none (``effilm reproduce`` re-runs exactly;
+    transformers' ``enable_full_determinism`` would raise on such ops instead)."""
+    from transformers import set_seed as hf_set_seed
+
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
+    hf_set_seed(seed)
 
 
 def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -75,7 +78,7 @@ def train_loop(
 ) -> dict:
     """Generic resumable loop. ``loss_fn(model, batch, idx) -> loss`` defaults to cross-entropy on the labels.
 
-    Inside a torchrun job (``tasks.distributed``) the model is wrapped in DDP and each rank trains on its share of
+    Inside a torchrun job (``tasks.core.distributed``) the model is wrapped in DDP and each rank trains on its share of
     every global batch (``idx[rank::world]``); losses are averaged over ranks; only rank 0 writes checkpoints.
     """
     set_seed(seed)
@@ -104,9 +107,7 @@ def train_loop(
     ]
     optimizer = torch.optim.AdamW(groups, lr=cfg["learning_rate"])
     warmup = int(total * cfg["warmup_ratio"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
-    )
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
 
     step, losses, resumed_from = 0, [], 0
     if (ckpt / STATE_FILE).is_file():
@@ -179,16 +180,27 @@ def train_loop(
     }
 
 
+def finetune_model(model, tokenizer, manifest: dict, cfg: dict, work: str, loss_fn=None, desc: str = "fine-tune") -> dict:
+    """Fine-tune on the training split, with the step's normalization and augmentation applied."""
+    labels = manifest["labels"]
+    df = data_mod.load_split(cfg["data"]["paths"]["train"])
+    texts, ys = preprocess.augment(df["text"].tolist(), [labels.index(l) for l in df["label"]], cfg.get("augment"), cfg.get("seed", 0))
+    texts = preprocess.normalize(texts, cfg.get("preprocess") or manifest.get("preprocess"))
+    train_cfg = {**cfg["train"], **(cfg.get("finetune") or {})}
+    return train_loop(model, tokenizer, texts, ys, train_cfg, cfg.get("seed", 0), manifest.get("max_length", 128),
+                            work, loss_fn=loss_fn, desc=desc)
+
+
 def fine_tune(model_cfg: dict, train_cfg: dict, data: dict, seed: int, work_dir: str) -> dict:
     """Fine-tune ``model_cfg['source']`` on ``data`` (the output of ``tasks.data.prepare``) -> model folder + stats.
 
-    With ``train_cfg['nproc_per_node'] > 1`` this relaunches itself under torchrun (DDP, see tasks/distributed.py).
+    With ``train_cfg['nproc_per_node'] > 1`` this relaunches itself under torchrun (DDP, see tasks/core/distributed.py).
     """
     work = Path(work_dir)
     final = work / "model"
     nproc = distributed.wanted(train_cfg)
     if nproc > 1 and not (final / models.MANIFEST).is_file():
-        return distributed.launch("tasks.train:fine_tune", {"model_cfg": model_cfg, "train_cfg": train_cfg, "data": data,
+        return distributed.launch("tasks.core.train:fine_tune", {"model_cfg": model_cfg, "train_cfg": train_cfg, "data": data,
                                                              "seed": seed, "work_dir": str(work_dir)}, nproc, work)
     if (final / models.MANIFEST).is_file():
         log.info("fine-tuned model already complete at %s; reusing it", final)
@@ -210,3 +222,8 @@ def fine_tune(model_cfg: dict, train_cfg: dict, data: dict, seed: int, work_dir:
                    source=model_cfg["source"], train=summary)
     shutil.rmtree(work / "checkpoint", ignore_errors=True)
     return {"model_dir": str(final), "reused": False, **stats}
+
+
+# The Prefect task: skipped when inputs and training code are unchanged; a retry resumes from the checkpoint.
+fine_tune_task = task(fine_tune, name="fine-tune", cache_policy=CACHE, persist_result=True, retries=1,
+                      retry_delay_seconds=2)

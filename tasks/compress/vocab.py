@@ -14,8 +14,8 @@ from collections import Counter
 import torch
 import torch.nn as nn
 
-from tasks import data as data_mod
-from tasks import models
+from tasks.core import data as data_mod
+from tasks.core import models
 
 
 def used_token_ids(tokenizer, texts: list[str], min_count: int = 1) -> list[int]:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
+from prefect import task
 
-from tasks.config import ConfigError
+from tasks.core.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -212,3 +213,7 @@ def prepare(cfg: dict, seed: int, out_root: str | Path) -> dict:
 
 def load_split(path: str) -> pd.DataFrame:
     return pd.read_parquet(path)
+
+
+# The Prefect task (retried once: a transient read error). No cache: preparing is cheap and checks the data.
+load_data_task = task(prepare, name="load-data", retries=1, retry_delay_seconds=2)

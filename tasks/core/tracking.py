@@ -26,7 +26,7 @@ import yaml
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from tasks import PROJECT_ROOT  # noqa: E402
 
 # MLflow's sqlite store logs migrations at INFO on first use; keep the flow log readable.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -83,7 +83,12 @@ def _transient(exc: BaseException) -> bool:
 
 def _retrying(what: str):
     """tenacity policy for the store: transient errors only, exponential backoff with jitter, then re-raise."""
-    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+    from tenacity import (
+        Retrying,
+        retry_if_exception,
+        stop_after_attempt,
+        wait_random_exponential,
+    )
 
     def warn(state) -> None:
         exc = state.outcome.exception()
@@ -382,25 +387,19 @@ def log_dataset(run_id: str, split_paths: dict[str, str], name: str, source: str
     client().log_inputs(run_id, datasets=inputs)
 
 
-def log_model(run_id: str, model_dir: str, artifact_path: str = "model") -> str:
-    """Log a model folder as an MLflow pyfunc model (weights stay safetensors/ONNX/PTE inside it).
+def log_model(run_id: str, model_dir: str, python_model, pip_requirements: list[str], code_paths: list[str],
+              artifact_path: str = "model") -> str:
+    """Log a model folder as an MLflow pyfunc model (weights stay safetensors/ONNX/PTE inside it); the pyfunc
+    wrapper and what it needs come from the caller (``tasks.measure.serving.pyfunc_spec``).
 
-    Load it back with ``mlflow.pyfunc.load_model(f"runs:/{run_id}/model")`` or ``tasks.tracking.download_model``.
+    Load it back with ``mlflow.pyfunc.load_model(f"runs:/{run_id}/model")`` or ``download_model``.
     """
     import mlflow.pyfunc
-    import torch
-    import transformers
-
-    from tasks.serving import EffilmClassifier
 
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / artifact_path
-        mlflow.pyfunc.save_model(
-            str(target),
-            python_model=EffilmClassifier(),
-            artifacts={"model_dir": str(model_dir)},
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}", "effilm"],
-        )
+        mlflow.pyfunc.save_model(str(target), python_model=python_model, artifacts={"model_dir": str(model_dir)},
+                                 pip_requirements=pip_requirements, code_paths=code_paths)
         client().log_artifacts(run_id, str(target), artifact_path)
     return f"runs:/{run_id}/{artifact_path}"
 

@@ -1,6 +1,6 @@
 """Long-ify a BERT checkpoint (the Longformer paper's recipe): position embeddings extended to ``max_positions``
 by copying the trained 512, global q/k/v projections initialised from the local ones, and every self-attention
-swapped for sliding-window + global attention (``tasks/attention.py``) with a configurable window.
+swapped for sliding-window + global attention (``tasks/longdoc/attention.py``) with a configurable window.
 
     longify(model_dir, {"max_positions": 4096, "attention_window": 256, "mode": "sliding"}) -> LongClassifier
 
@@ -16,7 +16,8 @@ import copy
 import torch
 import torch.nn as nn
 
-from tasks import attention, models
+from tasks.core import models
+from tasks.longdoc import attention
 
 
 class LongSelfAttention(nn.Module):

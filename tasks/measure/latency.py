@@ -1,10 +1,3 @@
-"""Benchmark a model folder in a fresh process: latency p50/p95 per (batch size, threads), throughput, peak RSS,
-size on disk and parameter count.
-
-Running in a child process keeps the numbers honest: peak RSS is the inference process's own, nothing else in the
-flow shares its threads, and the flow runs benchmarks one at a time. ``python -m tasks.benchmark`` is the child.
-"""
-
 from __future__ import annotations
 
 import argparse
@@ -12,7 +5,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,11 +47,12 @@ def current_rss_mb() -> float:
 def measure(model_dir: str, texts: list[str], cfg: dict, rounds: int = 3) -> dict:
     """Latency per (threads, batch) setting. Settings are timed round-robin in ``rounds`` rounds and the samples
     pooled, so a transient disturbance on the machine spreads over all settings instead of skewing one."""
-    from tasks import models, preprocess
+    from tasks.core import models, preprocess
+    from tasks.measure import runtimes
 
     rss_before = current_rss_mb()
     t0 = time.perf_counter()
-    run, tokenizer, manifest = models.load_for_inference(model_dir)
+    run, tokenizer, manifest = runtimes.load_for_inference(model_dir)
     load_s = time.perf_counter() - t0
     texts = preprocess.normalize(texts, manifest.get("preprocess"))
     supported = getattr(run, "batch_sizes", None)  # e.g. an ExecuTorch program exported for batch 1
@@ -112,22 +105,6 @@ def measure(model_dir: str, texts: list[str], cfg: dict, rounds: int = 3) -> dic
     return metrics
 
 
-def benchmark(model_dir: str, texts_path: str, cfg: dict, work_dir: str, timeout_s: float = 1800) -> dict:
-    """Run ``measure`` in a child process; returns {"metrics": {...}, "artifacts": {"benchmark": json path}}."""
-    out = Path(work_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result = out / "benchmark.json"
-    cmd = [sys.executable, "-m", "tasks.benchmark", "--model-dir", str(model_dir), "--texts", str(texts_path),
-           "--config", json.dumps(cfg), "--out", str(result)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
-                          cwd=str(Path(__file__).resolve().parent.parent))
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark of {model_dir} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    metrics = json.loads(result.read_text())
-    return {"metrics": metrics, "artifacts": {"benchmark": str(result)}}
-
-
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
@@ -138,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     texts = pd.read_parquet(a.texts)["text"].tolist()[:256]
-    from tasks.models import read_manifest
+    from tasks.core.models import read_manifest
 
     if read_manifest(a.model_dir).get("format") == "pte":  # ExecuTorch: threadpool sized once, at load: 1 thread
         torch.set_num_threads(1)

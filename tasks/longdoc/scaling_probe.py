@@ -1,26 +1,21 @@
-"""Scaling of attention mechanisms with document length: latency and peak memory per (mechanism, length), batch 1,
-each measured in a fresh child process (``python -m tasks.scaling``) so peak RSS is its own.
-
-The long-ified mechanisms use the packaged MiniLM weights (or a given model folder); Hugging Face Longformer and
-BigBird use random weights of the same sizes (only time and memory are measured).
-"""
+"""One (mechanism, length) measurement of latency and peak RSS, batch 1, in *this* process:
+``python -m tasks.longdoc.scaling_probe`` is the child that ``tasks/longdoc/scaling.py`` starts for each point, so
+the peak RSS is that mechanism's own (no Prefect, no MLflow loaded)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 
 def build(mechanism: str, length: int, window: int, model_dir: str | None = None):
     import torch
 
-    from tasks import longify, models
+    from tasks.core import models
+    from tasks.longdoc import longify
 
     src = model_dir or models.resolve_source("packaged:minilm-l6")
     base = models.load_hf_model(src) if model_dir else models.load_classifier(src, ["a", "b", "c", "d", "e"]).eval()
@@ -57,7 +52,7 @@ def build(mechanism: str, length: int, window: int, model_dir: str | None = None
 def child(mechanism: str, length: int, window: int, iters: int, model_dir: str | None = None) -> dict:
     import torch
 
-    from tasks.benchmark import peak_rss_mb
+    from tasks.measure.latency import peak_rss_mb
 
     torch.manual_seed(0)
     fn = build(mechanism, length, window, model_dir)
@@ -70,61 +65,6 @@ def child(mechanism: str, length: int, window: int, iters: int, model_dir: str |
             times.append(time.perf_counter() - t)
     return {"mechanism": mechanism, "length": length, "latency_ms": round(1000 * statistics.median(times), 1),
             "peak_rss_mb": peak_rss_mb(), "iters": iters}
-
-
-def measure(mechanism: str, length: int, window: int, iters: int, model_dir: str | None = None, timeout: int = 900) -> dict:
-    cmd = [sys.executable, "-m", "tasks.scaling", mechanism, str(length), "--window", str(window), "--iters", str(iters)]
-    if model_dir:
-        cmd += ["--model-dir", str(model_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parent.parent,
-                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    if proc.returncode != 0:
-        return {"mechanism": mechanism, "length": length, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def sweep(mechanisms: list[str], lengths: list[int], window: int, iters: int, model_dir: str | None = None) -> list[dict]:
-    rows = []
-    for n in lengths:
-        for m in mechanisms:
-            rows.append(measure(m, n, window, iters, model_dir))
-    return rows
-
-
-def plot(rows: list[dict], key: str, ylabel: str, path: str | Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for mech in dict.fromkeys(r["mechanism"] for r in rows):
-        pts = sorted((r["length"], r[key]) for r in rows if r["mechanism"] == mech and key in r)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=mech)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("document length (tokens), batch 1")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
-
-
-def table(rows: list[dict]) -> str:
-    mechs = list(dict.fromkeys(r["mechanism"] for r in rows))
-    lengths = sorted({r["length"] for r in rows})
-    get = {(r["mechanism"], r["length"]): r for r in rows}
-    out = ["| length | " + " | ".join(f"{m} ms / MB" for m in mechs) + " |", "|---" * (len(mechs) + 1) + "|"]
-    for n in lengths:
-        cells = []
-        for m in mechs:
-            r = get.get((m, n), {})
-            cells.append(f"{r['latency_ms']} / {r['peak_rss_mb']}" if "latency_ms" in r else f"error: {r.get('error', '?')[:60]}")
-        out.append(f"| {n} | " + " | ".join(cells) + " |")
-    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:

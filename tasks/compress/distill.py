@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tasks import distributed, layers, models
+from tasks.compress import layers
+from tasks.core import distributed, models, train
 
 
 def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float) -> torch.Tensor:
@@ -48,7 +49,7 @@ def compress(model_dir: str, cfg: dict) -> str:
 
     nproc = distributed.wanted({**(cfg.get("train") or {}), **(cfg.get("finetune") or {})})
     if nproc > 1:
-        return distributed.launch("tasks.distill:compress", {"model_dir": model_dir, "cfg": cfg}, nproc,
+        return distributed.launch("tasks.compress.distill:compress", {"model_dir": model_dir, "cfg": cfg}, nproc,
                                   cfg["out_dir"] + ".work")
 
     manifest = models.read_manifest(model_dir)
@@ -64,7 +65,7 @@ def compress(model_dir: str, cfg: dict) -> str:
         student = models.load_hf_model(model_dir, manifest)
         layer_map = layers.drop_layers(student, cfg.get("keep", "every_other"))
     loss_fn = make_loss(teacher, cfg.get("temperature", 2.0), cfg.get("alpha", 0.5), cfg.get("hidden_mse", 0.0), layer_map)
-    stats = layers.finetune_model(student, tokenizer, manifest, cfg, cfg["out_dir"] + ".work", loss_fn=loss_fn,
+    stats = train.finetune_model(student, tokenizer, manifest, cfg, cfg["out_dir"] + ".work", loss_fn=loss_fn,
                                   desc="distill")
     stats["processes"] = distributed.world_size()
     if distributed.rank() != 0:  # rank 0 alone writes the model folder

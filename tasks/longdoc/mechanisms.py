@@ -3,7 +3,7 @@ evaluation by document-length bucket.
 
 * ``truncate-512``   — the model as fine-tuned, SDPA full attention, documents cut to 512 tokens;
 * ``chunked-512``    — 512-token chunks encoded independently, logits averaged (hierarchical pooling);
-* ``sliding-window`` — long-ified (``tasks/longify.py``), our blocked sliding-window + global [CLS] attention;
+* ``sliding-window`` — long-ified (``tasks/longdoc/longify.py``), our blocked sliding-window + global [CLS] attention;
 * ``full-long``      — long-ified, SDPA full attention over the whole document (the O(n²) reference);
 * ``hf-longformer``  — the same weights converted into Hugging Face ``LongformerForSequenceClassification``;
 * ``bigbird``        — Hugging Face ``BigBirdForSequenceClassification`` (block-sparse) from the same weights.
@@ -14,8 +14,12 @@ from __future__ import annotations
 import time
 
 import torch
+from prefect import task
 
-from tasks import longify, models
+from tasks.core import data as data_mod
+from tasks.core import models
+from tasks.core.orchestrate import CACHE
+from tasks.longdoc import longify
 
 
 def to_hf_longformer(model_dir: str, max_positions: int, attention_window: int):
@@ -171,3 +175,15 @@ def evaluate_by_length(mechanism: str, model_dir: str, texts: list[str], labels:
         metrics["eval/macro_f1_len_gt_1024"] = float(f1_score([labels[i] for i in long_docs], [preds[i] for i in long_docs],
                                                               labels=ids, average="macro", zero_division=0))
     return {"metrics": metrics, "predictions": preds, "lengths": lengths}
+
+
+@task(name="evaluate-mechanism", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
+def evaluate_task(mechanism: str, model_dir: str, data_info: dict, long_cfg: dict, eval_cfg: dict) -> dict:
+    """Accuracy of one mechanism on the test split, overall and per length bucket."""
+    test = data_mod.load_split(data_info["paths"]["test"])
+    if eval_cfg.get("max_docs"):
+        test = test.iloc[: eval_cfg["max_docs"]]
+    labels = data_info["labels"]
+    res = evaluate_by_length(mechanism, model_dir, test["text"].tolist(), [labels.index(l) for l in test["label"]],
+                             labels, long_cfg, eval_cfg["buckets"])
+    return {"metrics": res["metrics"]}

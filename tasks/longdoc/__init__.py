@@ -1,0 +1,1 @@
+"""Long documents: sliding-window attention, long-ification, classification mechanisms, scaling, summarization."""

@@ -1,0 +1,91 @@
+"""Scaling of attention mechanisms with document length: latency and peak memory per (mechanism, length), batch 1,
+each measured in a fresh child process (``tasks/longdoc/scaling_probe.py``) so peak RSS is its own.
+
+The long-ified mechanisms use the packaged MiniLM weights (or a given model folder); Hugging Face Longformer and
+BigBird use random weights of the same sizes (only time and memory are measured).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import task
+
+from tasks import PROJECT_ROOT
+from tasks.core.orchestrate import CACHE
+from tasks.longdoc import (
+    scaling_probe,  # the child's code: part of this task's code version
+)
+
+
+def measure(mechanism: str, length: int, window: int, iters: int, model_dir: str | None = None, timeout: int = 900) -> dict:
+    cmd = [sys.executable, "-m", scaling_probe.__name__, mechanism, str(length), "--window", str(window), "--iters", str(iters)]
+    if model_dir:
+        cmd += ["--model-dir", str(model_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if proc.returncode != 0:
+        return {"mechanism": mechanism, "length": length, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def sweep(mechanisms: list[str], lengths: list[int], window: int, iters: int, model_dir: str | None = None) -> list[dict]:
+    rows = []
+    for n in lengths:
+        for m in mechanisms:
+            rows.append(measure(m, n, window, iters, model_dir))
+    return rows
+
+
+def plot(rows: list[dict], key: str, ylabel: str, path: str | Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mech in dict.fromkeys(r["mechanism"] for r in rows):
+        pts = sorted((r["length"], r[key]) for r in rows if r["mechanism"] == mech and key in r)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=mech)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("document length (tokens), batch 1")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def table(rows: list[dict]) -> str:
+    mechs = list(dict.fromkeys(r["mechanism"] for r in rows))
+    lengths = sorted({r["length"] for r in rows})
+    get = {(r["mechanism"], r["length"]): r for r in rows}
+    out = ["| length | " + " | ".join(f"{m} ms / MB" for m in mechs) + " |", "|---" * (len(mechs) + 1) + "|"]
+    for n in lengths:
+        cells = []
+        for m in mechs:
+            r = get.get((m, n), {})
+            cells.append(f"{r['latency_ms']} / {r['peak_rss_mb']}" if "latency_ms" in r else f"error: {r.get('error', '?')[:60]}")
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+@task(name="scaling-benchmark", cache_policy=CACHE, persist_result=True)
+def sweep_task(scaling_cfg: dict, window: int, model_dir: str, work: str) -> dict:
+    """Latency and memory of every mechanism at every length, with plots and a table in ``work``."""
+    rows = sweep(scaling_cfg["mechanisms"], scaling_cfg["lengths"], window, scaling_cfg["iters"], model_dir)
+    out = Path(work)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts = {"time_plot": plot(rows, "latency_ms", "forward latency (ms)", out / "scaling_time.png"),
+                 "memory_plot": plot(rows, "peak_rss_mb", "peak RSS (MB)", out / "scaling_memory.png")}
+    table_path = out / "scaling.md"
+    table_path.write_text(table(rows) + "\n")
+    artifacts["table"] = str(table_path)
+    return {"rows": rows, "artifacts": artifacts}
