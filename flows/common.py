@@ -25,7 +25,7 @@ def flow_run(cfg, study: str) -> Iterator[tuple[str, dict]]:
     reaped = tracking.reap_stale_runs(cfg.experiment)
     if reaped:
         logger.warning("marked %d run(s) of killed flow processes as KILLED: %s", len(reaped), ", ".join(reaped))
-    data_info = data.load_data_task(config.slice_dict(cfg.data), cfg.seed, str(Path(cfg.output_dir)))
+    data_info = data.load_data_task(cfg.data, cfg.seed, str(Path(cfg.output_dir)))
     models.check_source(cfg.model.source, cfg.model.trust_remote_code, cfg.model.revision)
 
     with tracking.run(cfg.experiment, f"{study}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}",

@@ -35,20 +35,18 @@ def long_document(profile: str = "quick", overrides: list[str] | None = None, co
     # 0. reap killed runs, preflight data + model, open the parent run, record config/environment/data
     with flow_run(cfg, STUDY) as (parent, data_info):
         # 1. base classifier (the weights every mechanism shares)
-        model_slice, train_slice = config.slice_dict(cfg.model), config.slice_dict(cfg.train)
-        base = call(fine_tune_base, "base/fine-tune", model_cfg=model_slice, train_cfg=train_slice, data=data_info,
-                    seed=cfg.seed, work_dir=work_dir(out, "base", model_slice, train_slice, data_info["fingerprint"],
+        base = call(fine_tune_base, "base/fine-tune", model_cfg=cfg.model, train_cfg=cfg.train, data=data_info,
+                    seed=cfg.seed, work_dir=work_dir(out, "base", cfg.model, cfg.train, data_info["fingerprint"],
                                                      cfg.seed, code=train))
-        long_slice = config.slice_dict(cfg.long)
 
         # 2. every mechanism on the same test documents, by length bucket
         evals = {m: call(mechanisms.evaluate_task, f"{m}/evaluate", mechanism=m, model_dir=base["model_dir"], data_info=data_info,
-                         long_cfg=long_slice, eval_cfg=config.slice_dict(cfg.evaluate)) for m in cfg.mechanisms}
+                         long_cfg=cfg.long, eval_cfg=cfg.evaluate) for m in cfg.mechanisms}
 
         # 3. cost as documents grow
-        scale = call(scaling.sweep_task, "scaling", scaling_cfg=config.slice_dict(cfg.scaling),
+        scale = call(scaling.sweep_task, "scaling", scaling_cfg=cfg.scaling,
                      window=cfg.long.attention_window, model_dir=base["model_dir"],
-                     work=work_dir(out, "scaling", config.slice_dict(cfg.scaling), cfg.long.attention_window,
+                     work=work_dir(out, "scaling", cfg.scaling, cfg.long.attention_window,
                                    base["model_dir"], code=scaling))
         per_mech: dict[str, dict] = {}
         for r in scale["rows"]:
@@ -70,10 +68,9 @@ def long_document(profile: str = "quick", overrides: list[str] | None = None, co
         # 4. summarization
         summaries = {}
         if cfg.summarize.enabled:
-            sum_slice = config.slice_dict(cfg.summarize)
-            summaries = call(summarize.summarize_task, "summarize", cfg=sum_slice, long_cfg=long_slice,
+            summaries = call(summarize.summarize_task, "summarize", cfg=cfg.summarize, long_cfg=cfg.long,
                              model_dir=base["model_dir"], seed=cfg.seed,
-                             work=work_dir(out, "summarize", sum_slice, long_slice, base["model_dir"], cfg.seed,
+                             work=work_dir(out, "summarize", cfg.summarize, cfg.long, base["model_dir"], cfg.seed,
                                            code=summarize))
             for method, res in summaries["methods"].items():
                 with tracking.run(cfg.experiment, method, {**base_tags(STUDY, profile), "variant": method,

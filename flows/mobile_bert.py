@@ -40,8 +40,8 @@ def record_variant(cfg, parent_run_id: str, data_info: dict, variant: str, techn
                                                 "variant": variant, "technique": technique, **(extra_tags or {})},
                       parent_run_id=parent_run_id) as run_id:
         bench = call(benchmark.benchmark_task, f"{variant}/benchmark", model_dir=model_dir,
-                     texts_path=data_info["paths"]["test"], cfg=config.slice_dict(cfg.benchmark),
-                     work_dir=work_dir(out, "bench", variant, *key, config.slice_dict(cfg.benchmark), code=benchmark))
+                     texts_path=data_info["paths"]["test"], cfg=cfg.benchmark,
+                     work_dir=work_dir(out, "bench", variant, *key, cfg.benchmark, code=benchmark))
         metrics = {**ev["metrics"], **bench["metrics"], **(extra_metrics or {})}
         if source_predictions:
             metrics["eval/agreement_with_source"] = float(
@@ -58,10 +58,9 @@ def build_variant(cfg, variant, source_dir: str, context: dict) -> str:
     """Apply a variant's steps in order, each a cached Prefect task writing its own folder."""
     model_dir = source_dir
     for i, step in enumerate(variant.steps):
-        step_cfg = step.model_dump(mode="json", exclude_none=True)
-        out_dir = work_dir(Path(cfg.output_dir), "variants", variant.name, i, model_dir, step_cfg, context,
+        out_dir = work_dir(Path(cfg.output_dir), "variants", variant.name, i, model_dir, step, context,
                            code=compress.module_of(step.technique))
-        model_dir = call(compress.compress_task, f"{variant.name}/{step.technique}", model_dir=model_dir, step=step_cfg,
+        model_dir = call(compress.compress_task, f"{variant.name}/{step.technique}", model_dir=model_dir, step=step,
                          context=context, out_dir=out_dir)["model_dir"]
     return model_dir
 
@@ -76,15 +75,13 @@ def mobile_bert(profile: str = "quick", overrides: list[str] | None = None, conf
     # 0-1. reap killed runs, preflight data + model, open the parent run, record config/environment/data
     with flow_run(cfg, STUDY) as (parent, data_info):
         # 2. teacher
-        model_slice = config.slice_dict(cfg.model)
-        train_slice = config.slice_dict(cfg.train)
-        teacher = call(fine_tune_teacher, "teacher/fine-tune", model_cfg=model_slice, train_cfg=train_slice,
+        teacher = call(fine_tune_teacher, "teacher/fine-tune", model_cfg=cfg.model, train_cfg=cfg.train,
                        data=data_info, seed=cfg.seed,
-                       work_dir=work_dir(out, "teacher", model_slice, train_slice, data_info["fingerprint"], cfg.seed,
+                       work_dir=work_dir(out, "teacher", cfg.model, cfg.train, data_info["fingerprint"], cfg.seed,
                                          code=train))
 
         # 3. compress: every variant builds on its source (each step a cached task writing its own folder)
-        context = {"data": data_info, "train": train_slice, "seed": cfg.seed}
+        context = {"data": data_info, "train": cfg.train, "seed": cfg.seed}
         dirs, specs = {"teacher": teacher["model_dir"]}, [("teacher-fp32", "baseline", teacher["model_dir"], None)]
         names = {"teacher": "teacher-fp32"}
         for variant in cfg.variants:
@@ -95,9 +92,9 @@ def mobile_bert(profile: str = "quick", overrides: list[str] | None = None, conf
 
         # 4. evaluate every variant, in parallel on the task runner (execution.task_runner: thread | dask)
         evals = call_many(evaluate.evaluate_task, {
-            name: dict(model_dir=d, data_info=data_info, eval_cfg=config.slice_dict(cfg.evaluate),
+            name: dict(model_dir=d, data_info=data_info, eval_cfg=cfg.evaluate,
                        work=work_dir(out, "eval", name, d, data_info["fingerprint"], code=evaluate), variant=name)
-            for name, _, d, _ in specs}, config.slice_dict(cfg.execution))
+            for name, _, d, _ in specs}, cfg.execution)
 
         # 5. benchmark one variant at a time, after the fan-out has finished: latency is measured with nothing else
         #    running (each benchmark is its own child process with pinned thread counts), then record the runs

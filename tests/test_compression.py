@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.compress import distill, export, layers, prune, quantize, vocab
+from tasks.compress import distill, layers, prune, quantize
 from tasks.compress import registry as compress
 from tasks.core import models, preprocess, train
 from tasks.measure import evaluate, runtimes
@@ -23,8 +23,10 @@ def trained(tiny_model_dir, bbc_slice, tmp_path_factory):
     return train.fine_tune(mc, {**TRAIN, "max_steps": 20}, bbc_slice, 0, str(tmp_path_factory.mktemp("teacher")))["model_dir"]
 
 
-def ctx(bbc_slice, tmp_path, name):
-    return {"data": bbc_slice, "train": TRAIN, "seed": 0, "out_dir": str(tmp_path / name)}
+def apply(source, technique, bbc_slice, out, **settings):
+    """One step through the technique registry, exactly as the flow runs it (settings validated by its schema)."""
+    return compress.run_step(source, {"technique": technique, **settings}, {"data": bbc_slice, "train": TRAIN, "seed": 0},
+                             str(out))
 
 
 def sample_texts(bbc_slice, n=24):
@@ -40,17 +42,23 @@ def logits(model_dir, texts):
 
 def test_every_technique_has_the_same_shape():
     import inspect
+    from typing import get_args
 
+    from tasks.core.config import Step
+
+    schemas = {get_args(c.model_fields["technique"].annotation)[0]: c for c in get_args(get_args(Step)[0])}
+    assert set(schemas) == set(compress.TECHNIQUES)  # every configurable technique is registered, and only those
     for name, fn in compress.TECHNIQUES.items():
-        params = list(inspect.signature(fn).parameters)
-        assert params == ["model_dir", "cfg"], (name, params)
+        sig = inspect.signature(fn)
+        assert list(sig.parameters) == ["model_dir", "step", "ctx"], (name, list(sig.parameters))
+        assert sig.parameters["step"].annotation in (schemas[name].__name__, schemas[name]), name  # its own typed step
 
 
 def test_quantize_int8_agrees_with_fp32_and_is_smaller(trained, bbc_slice, tmp_path):
     texts = sample_texts(bbc_slice)
     ref = logits(trained, texts)
-    lin = compress.run_step(trained, {"technique": "quantize", "embeddings": False}, {"data": bbc_slice}, str(tmp_path / "q"))
-    emb = quantize.compress(trained, {"embeddings": True, "out_dir": str(tmp_path / "qe")})
+    lin = apply(trained, "quantize", bbc_slice, tmp_path / "q", embeddings=False)
+    emb = apply(trained, "quantize", bbc_slice, tmp_path / "qe", embeddings=True)
     assert models.read_manifest(lin)["format"] == "int8"
     got, got_e = logits(lin, texts), logits(emb, texts)
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
@@ -71,7 +79,7 @@ def test_quantize_per_channel_roundtrip():
 
 
 def test_unstructured_pruning_is_permanent_and_stored_sparse(trained, bbc_slice, tmp_path):
-    out = prune.compress_unstructured(trained, {"sparsity": 0.7, "out_dir": str(tmp_path / "p70")})
+    out = apply(trained, "prune_unstructured", bbc_slice, tmp_path / "p70", sparsity=0.7)
     manifest = models.read_manifest(out)
     assert manifest["format"] == "hf-sparse" and abs(manifest["sparsity"] - 0.7) < 0.01
     run, _, _ = runtimes.load_for_inference(out)
@@ -88,9 +96,8 @@ def test_unstructured_pruning_is_permanent_and_stored_sparse(trained, bbc_slice,
 
 def test_structured_pruning_removes_parameters_and_runs(trained, bbc_slice, tmp_path):
     before = models.count_params(models.load_hf_model(trained))
-    out = prune.compress_structured(trained, {**ctx(bbc_slice, tmp_path, "ps"), "ffn_fraction": 0.5, "heads_fraction": 0.5,
-                                              "importance": "gradient", "calibration_batches": 2,
-                                              "recovery": {"max_steps": 2}})
+    out = apply(trained, "prune_structured", bbc_slice, tmp_path / "ps", ffn_fraction=0.5, heads_fraction=0.5,
+                importance="gradient", calibration_batches=2, recovery={"max_steps": 2})
     manifest = models.read_manifest(out)
     assert manifest["structure"] == [{"heads": 2, "intermediate": 32}] * 4
     model = models.load_hf_model(out)
@@ -101,7 +108,7 @@ def test_structured_pruning_removes_parameters_and_runs(trained, bbc_slice, tmp_
     out_logits = logits(out, texts)
     assert out_logits.shape == (6, 5) and torch.isfinite(out_logits).all()
     # pruned structure survives quantization and ONNX export
-    q = quantize.compress(out, {"embeddings": True, "out_dir": str(tmp_path / "psq")})
+    q = apply(out, "quantize", bbc_slice, tmp_path / "psq", embeddings=True)
     assert torch.allclose(logits(q, texts), out_logits, atol=0.2)
 
 
@@ -119,7 +126,7 @@ def test_layer_reduction(trained, bbc_slice, tmp_path):
     assert layers.keep_indices(6, 3) == [0, 2, 4]
     with pytest.raises(ValueError):
         layers.keep_indices(4, [0, 7])
-    out = layers.compress(trained, {**ctx(bbc_slice, tmp_path, "l2"), "keep": "every_other", "finetune": {"max_steps": 2}})
+    out = apply(trained, "layer_reduce", bbc_slice, tmp_path / "l2", keep="every_other", finetune={"max_steps": 2})
     model = models.load_hf_model(out)
     assert model.config.num_hidden_layers == 2 and len(model.bert.encoder.layer) == 2
     assert models.read_manifest(out)["kept_layers"] == [0, 2]
@@ -151,7 +158,7 @@ def test_distill_compress_step(trained, bbc_slice, tmp_path):
 
 
 def test_vocab_trim_keeps_tokenization_and_outputs(trained, bbc_slice, tmp_path):
-    out = vocab.compress(trained, {"data": bbc_slice, "out_dir": str(tmp_path / "v")})
+    out = apply(trained, "vocab_trim", bbc_slice, tmp_path / "v")
     manifest = models.read_manifest(out)
     assert manifest["vocab_after"] < manifest["vocab_before"]
     old_tok, new_tok = models.load_tokenizer(trained), models.load_tokenizer(out)
@@ -167,9 +174,9 @@ def test_vocab_trim_keeps_tokenization_and_outputs(trained, bbc_slice, tmp_path)
 def test_onnx_export_matches_eager(trained, bbc_slice, tmp_path):
     texts = sample_texts(bbc_slice, 8)
     ref = logits(trained, texts)
-    fp32 = export.compress(trained, {"format": "onnx", "out_dir": str(tmp_path / "o")})
+    fp32 = apply(trained, "export", bbc_slice, tmp_path / "o", format="onnx")
     assert torch.allclose(logits(fp32, texts), ref, atol=1e-4)
-    q = export.compress(trained, {"format": "onnx", "quantize": "int8", "out_dir": str(tmp_path / "o8")})
+    q = apply(trained, "export", bbc_slice, tmp_path / "o8", format="onnx", quantize="int8")
     assert (logits(q, texts).argmax(-1) == ref.argmax(-1)).float().mean() >= 0.75
     assert not (tmp_path / "o8.partial").exists()
 
@@ -181,13 +188,13 @@ def test_executorch_export_matches_eager(trained, bbc_slice, tmp_path):
     enc = models.encode(tok, texts, 64, pad_to_max=True)
     with torch.inference_mode():
         ref = run(enc["input_ids"], enc["attention_mask"])
-    out = export.compress(trained, {"format": "pte", "seq_len": 64, "out_dir": str(tmp_path / "pte")})
+    out = apply(trained, "export", bbc_slice, tmp_path / "pte", format="pte", seq_len=64)
     assert (tmp_path / "pte" / "model.pte").stat().st_size > 0
     prun, _, manifest = runtimes.load_for_inference(out)
     assert manifest["format"] == "pte" and prun.batch_sizes == [1]
     got = prun(enc["input_ids"], enc["attention_mask"])
     assert torch.allclose(got, ref, atol=1e-4)
-    q = export.compress(trained, {"format": "pte", "seq_len": 64, "quantize": "int8", "out_dir": str(tmp_path / "pte8")})
+    q = apply(trained, "export", bbc_slice, tmp_path / "pte8", format="pte", seq_len=64, quantize="int8")
     q_run, _, _ = runtimes.load_for_inference(q)
     assert (q_run(enc["input_ids"], enc["attention_mask"]).argmax(-1) == ref.argmax(-1)).float().mean() >= 0.75
 

@@ -4,8 +4,8 @@ loss = α · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)) + (1 − α) · CE
 
 The student is a layer-reduced copy of the teacher (``keep``) or any configured smaller model (``student``).
 
-    compress(teacher_dir, cfg) -> model_dir   cfg: {"keep": "every_other", "student": None, "temperature": 2.0,
-                                                    "alpha": 0.5, "hidden_mse": 0.0, "finetune": {...}}
+    compress(teacher_dir, step: DistillStep, ctx) -> model_dir   (step: keep, student, temperature, alpha, hidden_mse,
+                                                                   finetune; defaults in tasks/core/config.py)
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from tasks.compress import layers
 from tasks.core import distributed, models, train
+from tasks.core.config import DistillStep, StepContext
 
 
 def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float) -> torch.Tensor:
@@ -43,36 +44,42 @@ def make_loss(teacher, temperature: float, alpha: float, hidden_mse: float, laye
     return loss_fn
 
 
-def compress(model_dir: str, cfg: dict) -> str:
-    """With ``train.nproc_per_node > 1`` (or ``finetune.nproc_per_node``) the student trains under torchrun + DDP."""
+def compress_json(model_dir: str, step: dict, ctx: dict) -> str:
+    """``compress`` from JSON arguments: the entry point of each torchrun process."""
+    return compress(model_dir, DistillStep.model_validate(step), StepContext.model_validate(ctx))
+
+
+def compress(model_dir: str, step: DistillStep, ctx: StepContext) -> str:
+    """With ``train.nproc_per_node > 1`` the student trains under torchrun + DDP."""
     from transformers import AutoTokenizer
 
-    nproc = distributed.wanted({**(cfg.get("train") or {}), **(cfg.get("finetune") or {})})
+    nproc = distributed.wanted(ctx.train.nproc_per_node)
     if nproc > 1:
-        return distributed.launch("tasks.compress.distill:compress", {"model_dir": model_dir, "cfg": cfg}, nproc,
-                                  cfg["out_dir"] + ".work")
+        return distributed.launch("tasks.compress.distill:compress_json", {
+            "model_dir": model_dir, "step": step.model_dump(mode="json"), "ctx": ctx.model_dump(mode="json")},
+            nproc, ctx.out_dir + ".work")
 
     manifest = models.read_manifest(model_dir)
     teacher = models.load_hf_model(model_dir, manifest)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     layer_map = None
-    if cfg.get("student"):
-        student = models.load_classifier(cfg["student"], manifest["labels"])
-        student_tok = AutoTokenizer.from_pretrained(models.resolve_source(cfg["student"]))
+    if step.student:
+        student = models.load_classifier(step.student, manifest["labels"])
+        student_tok = AutoTokenizer.from_pretrained(models.resolve_source(step.student))
         if student_tok.get_vocab() != tokenizer.get_vocab():
-            raise ValueError(f"distill: student {cfg['student']!r} uses a different vocabulary than the teacher")
+            raise ValueError(f"distill: student {step.student!r} uses a different vocabulary than the teacher")
     else:
         student = models.load_hf_model(model_dir, manifest)
-        layer_map = layers.drop_layers(student, cfg.get("keep", "every_other"))
-    loss_fn = make_loss(teacher, cfg.get("temperature", 2.0), cfg.get("alpha", 0.5), cfg.get("hidden_mse", 0.0), layer_map)
-    stats = train.finetune_model(student, tokenizer, manifest, cfg, cfg["out_dir"] + ".work", loss_fn=loss_fn,
+        layer_map = layers.drop_layers(student, step.keep)
+    loss_fn = make_loss(teacher, step.temperature, step.alpha, step.hidden_mse, layer_map)
+    stats = train.finetune_model(student, tokenizer, manifest, ctx, step.finetune, ctx.out_dir + ".work", loss_fn=loss_fn,
                                   desc="distill")
     stats["processes"] = distributed.world_size()
     if distributed.rank() != 0:  # rank 0 alone writes the model folder
-        return cfg["out_dir"]
-    keep = {k: manifest.get(k) for k in ("labels", "max_length", "preprocess")}
-    out = models.save_hf(student.cpu(), tokenizer, cfg["out_dir"], **keep, source=cfg.get("student") or model_dir,
+        return ctx.out_dir
+    out = models.save_hf(student.cpu(), tokenizer, ctx.out_dir, **{**models.inherited(manifest),
+                                                                   "source": step.student or str(model_dir)},
                          distilled_from=str(model_dir), kept_layers=layer_map,
-                         train={k: v for k, v in stats.items() if k != "losses"})
-    models.write_manifest(out, **{**models.read_manifest(out), "loss_curve": stats.get("losses", [])[-50:]})
+                         train={k: v for k, v in stats.items() if k != "losses"},
+                         loss_curve=stats.get("losses", [])[-50:])
     return out

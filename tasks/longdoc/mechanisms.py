@@ -18,6 +18,7 @@ from prefect import task
 
 from tasks.core import data as data_mod
 from tasks.core import models
+from tasks.core.config import LongConfig, LongEvalConfig
 from tasks.core.orchestrate import CACHE
 from tasks.longdoc import longify
 
@@ -91,11 +92,12 @@ def to_hf_bigbird(model_dir: str, max_positions: int, block_size: int = 64, num_
     return bb
 
 
-def classifier_for(mechanism: str, model_dir: str, long_cfg: dict):
+def classifier_for(mechanism: str, model_dir: str, long_cfg: LongConfig | dict):
     """-> (callable(text) -> logits[1, C], tokenizer)."""
+    long_cfg = LongConfig.model_validate(long_cfg)
     tokenizer = models.load_tokenizer(model_dir)
     tokenizer.model_max_length = 10**9
-    max_tokens = long_cfg["max_tokens"]
+    max_tokens = long_cfg.max_tokens
     if mechanism in ("truncate-512", "chunked-512"):
         base = models.load_hf_model(model_dir)
 
@@ -111,7 +113,7 @@ def classifier_for(mechanism: str, model_dir: str, long_cfg: dict):
 
         return run, tokenizer
     if mechanism in ("sliding-window", "full-long"):
-        long = longify.longify(model_dir, long_cfg["max_positions"], long_cfg["attention_window"],
+        long = longify.longify(model_dir, long_cfg.max_positions, long_cfg.attention_window,
                                "sliding" if mechanism == "sliding-window" else "full")
 
         def run(text: str):
@@ -120,7 +122,7 @@ def classifier_for(mechanism: str, model_dir: str, long_cfg: dict):
 
         return run, tokenizer
     if mechanism == "hf-longformer":
-        lf = to_hf_longformer(model_dir, long_cfg["max_positions"], long_cfg["attention_window"])
+        lf = to_hf_longformer(model_dir, long_cfg.max_positions, long_cfg.attention_window)
 
         def run(text: str):
             enc = tokenizer(text, truncation=True, max_length=max_tokens, return_tensors="pt")
@@ -130,7 +132,7 @@ def classifier_for(mechanism: str, model_dir: str, long_cfg: dict):
 
         return run, tokenizer
     if mechanism == "bigbird":
-        bb = to_hf_bigbird(model_dir, long_cfg["max_positions"])
+        bb = to_hf_bigbird(model_dir, long_cfg.max_positions)
 
         def run(text: str):
             enc = tokenizer(text, truncation=True, max_length=max_tokens, return_tensors="pt")
@@ -146,7 +148,7 @@ def bucket_name(lo: int, hi: int | None) -> str:
 
 @torch.inference_mode()
 def evaluate_by_length(mechanism: str, model_dir: str, texts: list[str], labels: list[int], label_names: list[str],
-                       long_cfg: dict, buckets: list[int]) -> dict:
+                       long_cfg: LongConfig | dict, buckets: list[int]) -> dict:
     """Accuracy / macro-F1 overall and per document-length bucket (lengths in tokens, before any truncation)."""
     from sklearn.metrics import accuracy_score, f1_score
     from tqdm.auto import tqdm
@@ -178,12 +180,13 @@ def evaluate_by_length(mechanism: str, model_dir: str, texts: list[str], labels:
 
 
 @task(name="evaluate-mechanism", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
-def evaluate_task(mechanism: str, model_dir: str, data_info: dict, long_cfg: dict, eval_cfg: dict) -> dict:
+def evaluate_task(mechanism: str, model_dir: str, data_info: dict, long_cfg: LongConfig,
+                  eval_cfg: LongEvalConfig) -> dict:
     """Accuracy of one mechanism on the test split, overall and per length bucket."""
     test = data_mod.load_split(data_info["paths"]["test"])
-    if eval_cfg.get("max_docs"):
-        test = test.iloc[: eval_cfg["max_docs"]]
+    if eval_cfg.max_docs:
+        test = test.iloc[: eval_cfg.max_docs]
     labels = data_info["labels"]
     res = evaluate_by_length(mechanism, model_dir, test["text"].tolist(), [labels.index(l) for l in test["label"]],
-                             labels, long_cfg, eval_cfg["buckets"])
+                             labels, long_cfg, eval_cfg.buckets)
     return {"metrics": res["metrics"]}

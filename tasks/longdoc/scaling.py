@@ -16,6 +16,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks import PROJECT_ROOT
+from tasks.core.config import ScalingConfig
 from tasks.core.orchestrate import CACHE
 from tasks.longdoc import (
     scaling_probe,  # the child's code: part of this task's code version
@@ -78,9 +79,9 @@ def table(rows: list[dict]) -> str:
 
 
 @task(name="scaling-benchmark", cache_policy=CACHE, persist_result=True)
-def sweep_task(scaling_cfg: dict, window: int, model_dir: str, work: str) -> dict:
+def sweep_task(scaling_cfg: ScalingConfig, window: int, model_dir: str, work: str) -> dict:
     """Latency and memory of every mechanism at every length, with plots and a table in ``work``."""
-    rows = sweep(scaling_cfg["mechanisms"], scaling_cfg["lengths"], window, scaling_cfg["iters"], model_dir)
+    rows = sweep(scaling_cfg.mechanisms, scaling_cfg.lengths, window, scaling_cfg.iters, model_dir)
     out = Path(work)
     out.mkdir(parents=True, exist_ok=True)
     artifacts = {"time_plot": plot(rows, "latency_ms", "forward latency (ms)", out / "scaling_time.png"),

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
+from tasks.core.config import LongConfig, SummarizeConfig, SummarizeData
 from tasks.core.data import DataError, iter_jsonl, packaged_bbc_dir, read_text_file
 from tasks.core.orchestrate import CACHE
 
@@ -209,27 +210,27 @@ def sentence_features(long_model, tokenizer, sentences: list[str], max_tokens: i
 # ----------------------------------------------------------------------------------------- the experiment
 
 
-def load_docs(cfg: dict) -> tuple[list[dict], str]:
-    d = cfg["data"]
-    if d["source"] == "bbc-summary":
-        return load_bbc_summary(d["path"]), f"bbc-summary:{d['path']}"
-    if d["source"] == "jsonl":
-        return load_jsonl(d["path"], d.get("text_field", "text"), d.get("summary_field", "summary")), f"jsonl:{d['path']}"
-    if d["source"].startswith("hf:"):
-        return load_hf(d["source"][3:], d), d["source"]
+def load_docs(cfg: SummarizeConfig) -> tuple[list[dict], str]:
+    d = cfg.data
+    if d.source == "bbc-summary":
+        return load_bbc_summary(d.path), f"bbc-summary:{d.path}"
+    if d.source == "jsonl":
+        return load_jsonl(d.path, d.text_field, d.summary_field), f"jsonl:{d.path}"
+    if d.source.startswith("hf:"):
+        return load_hf(d.source[3:], d), d.source
     return load_bbc_headlines(), "bbc-headlines (packaged corpus; headline as reference)"
 
 
-def load_hf(name: str, d: dict) -> list[dict]:
+def load_hf(name: str, d: SummarizeData) -> list[dict]:
     """Hub summarization data (e.g. ccdv/arxiv-summarization: article/abstract, ccdv/govreport-summarization)."""
     import datasets
 
     try:
-        ds = datasets.load_dataset(name, d.get("hf_config"), split=d.get("hf_split", "test"))
+        ds = datasets.load_dataset(name, d.hf_config, split=d.hf_split)
     except Exception as exc:
         raise DataError("summarize.data.source", f"hf:{name}", f"cannot load dataset ({type(exc).__name__}: {str(exc)[:200]}); "
                         "the offline default is summarize.data.source=bbc-headlines") from None
-    tf, sf = d.get("text_field", "text"), d.get("summary_field", "summary")
+    tf, sf = d.text_field, d.summary_field
     missing = [f for f in (tf, sf) if f not in ds.column_names]
     if missing:
         raise DataError(f"hf:{name}", "summarize.data.text_field" if tf in missing else "summarize.data.summary_field",
@@ -252,9 +253,10 @@ def _choose_k(val: list[dict], k_values: list[int], pick) -> int:
     return max(k_values, key=r2)
 
 
-def run(cfg: dict, long_cfg: dict, model_dir: str, seed: int, work: str) -> dict:
+def run(cfg: SummarizeConfig | dict, long_cfg: LongConfig | dict, model_dir: str, seed: int, work: str) -> dict:
     """Lead-k, TextRank and the long-encoder extractive summarizer on the same test documents (k chosen on
     validation for each), plus an abstractive model when configured. Returns metrics per method."""
+    cfg, long_cfg = SummarizeConfig.model_validate(cfg), LongConfig.model_validate(long_cfg)
     import time
 
     from sklearn.linear_model import LogisticRegression
@@ -263,9 +265,9 @@ def run(cfg: dict, long_cfg: dict, model_dir: str, seed: int, work: str) -> dict
     from tasks.longdoc import longify
 
     docs, where = load_docs(cfg)
-    if cfg["data"].get("max_docs") and cfg["data"]["max_docs"] < len(docs):  # a seeded sample across all classes
+    if cfg.data.max_docs and cfg.data.max_docs < len(docs):  # a seeded sample across all classes
         rng = np.random.default_rng(seed)
-        docs = [docs[i] for i in sorted(rng.permutation(len(docs))[: cfg["data"]["max_docs"]])]
+        docs = [docs[i] for i in sorted(rng.permutation(len(docs))[: cfg.data.max_docs])]
     if len(docs) < 8:
         raise DataError(where, "summarize.data", f"{len(docs)} documents; need at least 8 (train/validation/test)")
     for d in docs:
@@ -277,12 +279,12 @@ def run(cfg: dict, long_cfg: dict, model_dir: str, seed: int, work: str) -> dict
     test = [docs[i] for i in order[3 * n // 4 :]]
     methods: dict[str, dict] = {}
 
-    k = _choose_k(val, cfg["k_values"], lambda d, k: lead_k(d["sentences"], k))
+    k = _choose_k(val, cfg.k_values, lambda d, k: lead_k(d["sentences"], k))
     t = time.perf_counter()
     picks = [lead_k(d["sentences"], k) for d in test]
     methods["lead-k"] = {"k": k, "metrics": _score(test, picks, time.perf_counter() - t)}
 
-    k = _choose_k(val, cfg["k_values"], lambda d, k: textrank(d["sentences"], k))
+    k = _choose_k(val, cfg.k_values, lambda d, k: textrank(d["sentences"], k))
     t = time.perf_counter()
     picks = [textrank(d["sentences"], k) for d in test]
     methods["textrank"] = {"k": k, "metrics": _score(test, picks, time.perf_counter() - t)}
@@ -291,12 +293,12 @@ def run(cfg: dict, long_cfg: dict, model_dir: str, seed: int, work: str) -> dict
     # greedy-ROUGE oracle labels of the training documents
     tok = models.load_tokenizer(model_dir)
     tok.model_max_length = 10**9
-    long = longify.longify(model_dir, long_cfg["max_positions"], long_cfg["attention_window"], "sliding")
-    max_tokens = min(cfg["max_tokens"], long_cfg["max_positions"])
+    long = longify.longify(model_dir, long_cfg.max_positions, long_cfg.attention_window, "sliding")
+    max_tokens = min(cfg.max_tokens, long_cfg.max_positions)
     feats, ys = [], []
     for d in train_docs:
         feats.append(sentence_features(long, tok, d["sentences"], max_tokens))
-        ys.extend(oracle_labels(d["sentences"], d["summary"], cfg["oracle_max_sentences"]))
+        ys.extend(oracle_labels(d["sentences"], d["summary"], cfg.oracle_max_sentences))
     x = np.vstack(feats)
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -308,14 +310,14 @@ def run(cfg: dict, long_cfg: dict, model_dir: str, seed: int, work: str) -> dict
             d["_scores"] = clf.decision_function(sentence_features(long, tok, d["sentences"], max_tokens))
         return d["_scores"]
 
-    k = _choose_k(val, cfg["k_values"], lambda d, k: sorted(np.argsort(-scores(d), kind="stable")[:k].tolist()))
+    k = _choose_k(val, cfg.k_values, lambda d, k: sorted(np.argsort(-scores(d), kind="stable")[:k].tolist()))
     t = time.perf_counter()
     picks = [sorted(np.argsort(-scores(d), kind="stable")[:k].tolist()) for d in test]
     methods["extractive-long"] = {"k": k, "train_docs": len(train_docs), "oracle_positive_rate": float(np.mean(ys)),
                                   "metrics": _score(test, picks, time.perf_counter() - t)}
 
-    if cfg.get("abstractive_model"):
-        methods["abstractive"] = abstractive(cfg["abstractive_model"], test, cfg.get("generation") or {})
+    if cfg.abstractive_model:
+        methods["abstractive"] = abstractive(cfg.abstractive_model, test, cfg.generation)
     return {"data": where, "num_test": len(test), "methods": methods}
 
 

@@ -16,17 +16,18 @@ from pathlib import Path
 from prefect import task
 
 from tasks import PROJECT_ROOT
+from tasks.core.config import BenchmarkConfig
 from tasks.core.orchestrate import CACHE
 from tasks.measure import latency  # the child's code: part of this task's code version
 
 
-def benchmark(model_dir: str, texts_path: str, cfg: dict, work_dir: str, timeout_s: float = 1800) -> dict:
+def benchmark(model_dir: str, texts_path: str, cfg: BenchmarkConfig | dict, work_dir: str, timeout_s: float = 1800) -> dict:
     """Run ``latency.measure`` in a child process; returns {"metrics": {...}, "artifacts": {"benchmark": json path}}."""
     out = Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = out / "benchmark.json"
     cmd = [sys.executable, "-m", latency.__name__, "--model-dir", str(model_dir), "--texts", str(texts_path),
-           "--config", json.dumps(cfg), "--out", str(result)]
+           "--config", BenchmarkConfig.model_validate(cfg).model_dump_json(), "--out", str(result)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
                           cwd=str(PROJECT_ROOT))

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from tasks.core import data as data_mod
 from tasks.core import models, preprocess
+from tasks.core.config import EvaluateConfig
 from tasks.core.orchestrate import CACHE
 from tasks.measure import runtimes
 
@@ -81,7 +82,7 @@ def token_stats(model_dir: str, texts: list[str]) -> dict:
     return {"eval/mean_tokens": float(np.mean(lengths)), "eval/truncated_fraction": float(np.mean([n > limit for n in lengths]))}
 
 
-def evaluate(model_dir: str, data: dict, eval_cfg: dict, work_dir: str, variant: str = "model") -> dict:
+def evaluate(model_dir: str, data: dict, eval_cfg: EvaluateConfig | dict, work_dir: str, variant: str = "model") -> dict:
     """-> {"metrics": {...}, "artifacts": {name: path}} (predictions saved for agreement checks)."""
     out = Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,7 @@ def evaluate(model_dir: str, data: dict, eval_cfg: dict, work_dir: str, variant:
     label_ids = {l: i for i, l in enumerate(labels)}
     y_true = [label_ids[l] for l in test["label"]]
     t0 = time.perf_counter()
-    y_pred = predict(model_dir, test["text"].tolist(), eval_cfg["batch_size"])
+    y_pred = predict(model_dir, test["text"].tolist(), EvaluateConfig.model_validate(eval_cfg).batch_size)
     seconds = time.perf_counter() - t0
     metrics, per_class, cm = classification_metrics(y_true, y_pred.tolist(), labels)
     metrics["eval/seconds"] = round(seconds, 3)
@@ -107,6 +108,6 @@ def evaluate(model_dir: str, data: dict, eval_cfg: dict, work_dir: str, variant:
 
 
 @task(name="evaluate", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
-def evaluate_task(model_dir: str, data_info: dict, eval_cfg: dict, work: str, variant: str) -> dict:
+def evaluate_task(model_dir: str, data_info: dict, eval_cfg: EvaluateConfig, work: str, variant: str) -> dict:
     """Evaluate one variant (fans out on the task runner; ``pid`` tells which worker process ran it)."""
     return {**evaluate(model_dir, data_info, eval_cfg, work, variant), "pid": os.getpid()}

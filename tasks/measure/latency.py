@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from tasks.core.config import BenchmarkConfig
+
 
 def peak_rss_mb() -> float:
     """Peak RSS of this process. VmHWM belongs to the current address space; ru_maxrss would inherit the
@@ -44,7 +46,7 @@ def current_rss_mb() -> float:
 
 
 @torch.inference_mode()
-def measure(model_dir: str, texts: list[str], cfg: dict, rounds: int = 3) -> dict:
+def measure(model_dir: str, texts: list[str], cfg: BenchmarkConfig, rounds: int = 3) -> dict:
     """Latency per (threads, batch) setting. Settings are timed round-robin in ``rounds`` rounds and the samples
     pooled, so a transient disturbance on the machine spreads over all settings instead of skewing one."""
     from tasks.core import models, preprocess
@@ -59,28 +61,28 @@ def measure(model_dir: str, texts: list[str], cfg: dict, rounds: int = 3) -> dic
     thread_settings = getattr(run, "thread_settings", None)  # e.g. ExecuTorch: one threadpool size per process
     all_threads = os.cpu_count() or 1
     metrics: dict[str, float] = {"bench/load_seconds": round(load_s, 3), "bench/threads_all": all_threads,
-                                 "bench/seq_len": manifest.get("seq_len", cfg["seq_len"]), "bench/model_rss_mb": round(current_rss_mb() - rss_before, 1)}
+                                 "bench/seq_len": manifest.get("seq_len", cfg.seq_len), "bench/model_rss_mb": round(current_rss_mb() - rss_before, 1)}
     settings = []
-    for threads in cfg["threads"]:
+    for threads in cfg.threads:
         n_threads = all_threads if threads == "all" else int(threads)
         if thread_settings is not None and n_threads not in thread_settings:
             continue
-        for batch in cfg["batch_sizes"]:
+        for batch in cfg.batch_sizes:
             if supported is not None and batch not in supported:
                 continue
-            enc = _inputs(tokenizer, texts, batch, cfg["seq_len"])
+            enc = _inputs(tokenizer, texts, batch, cfg.seq_len)
             settings.append({"threads": threads, "n": n_threads, "batch": batch, "ids": enc["input_ids"],
                              "mask": enc["attention_mask"], "times": []})
-    per_round = max(1, -(-cfg["iters"] // rounds))
+    per_round = max(1, -(-cfg.iters // rounds))
     for r in range(rounds):
         for st in settings:
             torch.set_num_threads(st["n"])
-            warm = cfg["warmup"] if st["batch"] <= 8 else min(1, cfg["warmup"])  # a big batch warms up in one pass
+            warm = cfg.warmup if st["batch"] <= 8 else min(1, cfg.warmup)  # a big batch warms up in one pass
             for _ in range(warm if r == 0 else 1):
                 run(st["ids"], st["mask"])
             start = time.perf_counter()
             done = 0
-            while done < per_round and (done < 1 or time.perf_counter() - start < cfg["max_seconds"] / rounds):
+            while done < per_round and (done < 1 or time.perf_counter() - start < cfg.max_seconds / rounds):
                 t = time.perf_counter()
                 run(st["ids"], st["mask"])
                 st["times"].append((time.perf_counter() - t) * 1000)
@@ -92,7 +94,7 @@ def measure(model_dir: str, texts: list[str], cfg: dict, rounds: int = 3) -> dic
         metrics[f"bench/latency_ms_p95_{tag}"] = round(times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))], 3)
         metrics[f"bench/throughput_{tag}"] = round(st["batch"] * 1000 / statistics.mean(times), 2)
         metrics[f"bench/iters_{tag}"] = len(times)
-    big = max(cfg["batch_sizes"])
+    big = max(cfg.batch_sizes)
     if f"bench/throughput_b{big}_tall" in metrics:
         metrics[f"bench/throughput_b{big}"] = metrics[f"bench/throughput_b{big}_tall"]
     metrics["bench/peak_rss_mb"] = peak_rss_mb()
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if read_manifest(a.model_dir).get("format") == "pte":  # ExecuTorch: threadpool sized once, at load: 1 thread
         torch.set_num_threads(1)
-    metrics = measure(a.model_dir, texts, json.loads(a.config))
+    metrics = measure(a.model_dir, texts, BenchmarkConfig.model_validate_json(a.config))
     tmp = Path(a.out).with_suffix(".tmp")
     tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     tmp.replace(a.out)

@@ -21,8 +21,8 @@ CHANGE = '''
 _compress_before_change = compress
 
 
-def compress(model_dir, cfg):
-    return _compress_before_change(model_dir, {**cfg, "embeddings": True})
+def compress(model_dir, step, ctx):
+    return _compress_before_change(model_dir, step.model_copy(update={"embeddings": True}), ctx)
 '''
 
 
