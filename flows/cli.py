@@ -86,18 +86,30 @@ def cmd_reproduce(a) -> int:
 def cmd_server(a) -> int:
     from flows import server
 
-    if a.action == "start":
-        info = server.start(a.host, a.port)
-        word = "already running" if info.get("already_running") else "started"
-        print(f"Prefect server {word} (pid {info['pid']}): UI {info['ui_url']}, log {info['log']}\n"
-              f"effilm commands in this folder use it; elsewhere: export PREFECT_API_URL={info['api_url']}")
-    elif a.action == "stop":
-        info = server.stop()
-        print(f"stopped Prefect server pid {info['pid']}" if info else "no Prefect server started from this folder")
-    else:
-        info = server.running()
-        print(f"running (pid {info['pid']}): {info['ui_url']}" if info else "not running")
-        return 0 if info else 1
+    try:
+        if a.action == "start":
+            info = server.start(a.host, a.port, timeout=a.timeout)
+            word = "already running" if info.get("already_running") else "started"
+            print(f"Prefect server {word} (pid {info['pid']}): UI {info['ui_url']}, log {info['log']}\n"
+                  f"effilm commands in this folder use it; elsewhere: export PREFECT_API_URL={info['api_url']}")
+        elif a.action == "stop":
+            info = server.stop()
+            if info is None:
+                print("no Prefect server started from this folder")
+            elif info["was_running"]:
+                print(f"stopped Prefect server pid {info['pid']}")
+            else:
+                print(f"Prefect server pid {info['pid']} had already exited; its pid file is removed")
+        else:
+            info = server.status()
+            if info and info["available"]:
+                print(f"running (pid {info['pid']}, Prefect {info['server_version']}): {info['ui_url']}")
+                return 0
+            print(f"not answering (pid {info['pid']}, {info['api_url']}): {info['error']}" if info else "not running")
+            return 1
+    except RuntimeError as exc:
+        print(f"effilm: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -112,10 +124,26 @@ def cmd_serve(a) -> int:
 
 
 def cmd_ui(a) -> int:
-    from tasks.core.tracking import tracking_uri
+    from tasks.core import tracking
 
-    uri = tracking_uri()
-    print(f"MLflow UI for {uri} on http://{a.host}:{a.port} (Ctrl-C to stop)")
+    uri = tracking.tracking_uri()
+    base = f"http://{'127.0.0.1' if a.host in ('0.0.0.0', '::') else a.host}:{a.port}"
+    # MLflow 3 opens an experiment on its GenAI overview (trace charts, empty here): link each runs table instead
+    try:
+        experiments = sorted(tracking.client().search_experiments(), key=lambda e: e.name)
+    except Exception as exc:  # the links are a convenience: the UI itself still starts
+        if a.links_only:
+            raise
+        print(f"(could not list the experiments in {uri}: {exc})")
+        experiments = []
+    if experiments:
+        width = max(len(e.name) for e in experiments)
+        print("Runs tables:")
+        for e in experiments:
+            print(f"  {e.name:<{width}}  {base}/#/experiments/{e.experiment_id}/runs")
+    if a.links_only:
+        return 0
+    print(f"MLflow UI for {uri} on http://{a.host}:{a.port} (Ctrl-C to stop)", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", a.host, "--port", str(a.port)]
     try:
         return subprocess.call(cmd)
@@ -158,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("action", choices=["start", "stop", "status"])
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=4200)
+    sv.add_argument("--timeout", type=float, default=180.0, help="start: seconds to wait for the server to answer")
     sv.set_defaults(fn=cmd_server)
     se = sub.add_parser("serve", help="serve case-study flows as scheduled Prefect deployments (needs a server)")
     study_args(se)
@@ -168,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("ui", help="open the MLflow UI on the tracking store")
     u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; only change it on purpose)")
     u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--links-only", action="store_true", help="print each experiment's runs-table link and exit")
     u.set_defaults(fn=cmd_ui)
     return p
 

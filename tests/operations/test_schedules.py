@@ -28,8 +28,10 @@ def _api(url: str, path: str, body: dict | None = None):
         return json.loads(r.read())
 
 
-def _completed_runs(url: str, deployment_id: str) -> list[dict]:
+def _completed_runs(url: str, deployment_id: str, flow_run_id: str | None = None) -> list[dict]:
     runs = _api(url, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
+    # one flow run: runs an earlier test left behind (crashed when its `effilm serve` was stopped) are not this one's
+    runs = [r for r in runs if flow_run_id in (None, r["id"])]
     bad = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED")]
     assert not bad, f"flow run {bad[0]['name']} ended {bad[0]['state_type']}"
     return [r for r in runs if r["state_type"] == "COMPLETED"]
@@ -39,8 +41,8 @@ def _wait_for_completed(url: str, deployment_id: str, proc: subprocess.Popen, lo
                         flow_run_id: str | None = None, auto_scheduled: bool = False) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        done = [r for r in _completed_runs(url, deployment_id)
-                if flow_run_id in (None, r["id"]) and (r["auto_scheduled"] or not auto_scheduled)]
+        done = [r for r in _completed_runs(url, deployment_id, flow_run_id)
+                if r["auto_scheduled"] or not auto_scheduled]
         if done:
             return done[0]
         assert proc.poll() is None or proc.returncode == 0, log.read_text()[-3000:]
@@ -60,9 +62,10 @@ def prefect_server(tmp_path_factory):
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     url = f"http://127.0.0.1:{port}/api"
+    assert (home / "prefect" / "server.pid").is_file() and (home / "prefect-server.json").is_file()
     assert subprocess.run([sys.executable, "-m", "flows.cli", "server", "status"], cwd=ROOT, env=env).returncode == 0
     try:
-        yield {"url": url, "env": {**env, "PREFECT_API_URL": url}, "home": home}
+        yield {"url": url, "env": {**env, "PREFECT_API_URL": url}, "home": home, "port": port}
     finally:
         subprocess.run([sys.executable, "-m", "flows.cli", "server", "stop"], cwd=ROOT, env=env, timeout=60)
         assert subprocess.run([sys.executable, "-m", "flows.cli", "server", "status"], cwd=ROOT, env=env).returncode == 1
@@ -85,7 +88,8 @@ def test_serve_runs_the_flow_on_its_interval_schedule(prefect_server, tiny_model
     args = tiny_args(tiny_model_dir, tmp_path / "out")[2:]  # drop "run mobile-bert"
     log = tmp_path / "serve.log"
     with open(log, "w") as fh:
-        serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "mobile-bert", *args, "--interval", "10"],
+        serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "mobile-bert", *args, "--interval", "10",
+                                  "--limit", "1"],  # one flow at a time: a 10 s interval outpaces a flow on 2 cores
                                  cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -167,3 +171,44 @@ def test_serve_without_a_server_says_what_to_do(tmp_path):
     out = subprocess.run([sys.executable, "-m", "flows.cli", "serve", "mobile-bert"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "effilm server start" in out.stderr
+
+
+def test_server_start_on_a_port_used_by_another_prefect_server(prefect_server, tmp_path):
+    env = {**prefect_server["env"], "EFFILM_HOME": str(tmp_path)}
+    env.pop("PREFECT_API_URL")
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "server", "start", "--port", str(prefect_server["port"])],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 2 and "'--port'" in out.stderr and f"PREFECT_API_URL={prefect_server['url']}" in out.stderr
+    assert not (tmp_path / "prefect" / "server.pid").exists()
+
+
+def test_server_dying_while_starting_shows_the_tail_of_its_log(tmp_path):
+    env = {**os.environ, "EFFILM_HOME": str(tmp_path), "EFFILM_LOG_LEVEL": "WARNING",
+           "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'no-such-dir' / 'prefect.db'}"}
+    env.pop("PREFECT_API_URL", None)
+    cli = [sys.executable, "-m", "flows.cli", "server"]
+    out = subprocess.run([*cli, "start", "--port", str(free_port())], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 1 and "exited while starting" in out.stderr, out.stdout + out.stderr
+    assert str(tmp_path / "prefect-server.log") in out.stderr and "unable to open database file" in out.stderr
+    assert not (tmp_path / "prefect" / "server.pid").exists()  # nothing left for the next start to trip on
+    assert subprocess.run([*cli, "status"], cwd=ROOT, env=env, capture_output=True, timeout=120).returncode == 1
+
+
+def test_ui_prints_each_experiments_runs_table_link(tmp_path, monkeypatch, capsys):
+    """MLflow 3 opens an experiment on its GenAI overview; `effilm ui` prints the runs-table links first."""
+    from flows import cli
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    exp_id = MlflowClient(uri).create_experiment("effilm/mobile-bert")
+    started = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: started.append(cmd) or 0)
+    assert cli.cmd_ui(cli.build_parser().parse_args(["ui", "--port", "5123"])) == 0
+    out = capsys.readouterr().out
+    # the runs-table route of MLflow's UI (a hash route: "/experiments/:experimentId/runs")
+    assert f"effilm/mobile-bert  http://127.0.0.1:5123/#/experiments/{exp_id}/runs" in out
+    assert out.index("#/experiments/") < out.index("MLflow UI for")
+    assert started and started[0][started[0].index("--backend-store-uri") + 1] == uri
+    assert cli.cmd_ui(cli.build_parser().parse_args(["ui", "--links-only"])) == 0 and len(started) == 1
+    assert f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs" in capsys.readouterr().out
