@@ -1,10 +1,13 @@
 """Case study 1 targets, measured on the quick profile (MiniLM teacher, BBC test split, this machine).
 
     python benchmarks/mobile_targets.py            # reads the latest mobile-bert flow run from the MLflow store
-    python benchmarks/mobile_targets.py --run      # runs `effilm run mobile-bert --profile quick` first
+    python benchmarks/mobile_targets.py --run      # runs `effilm run mobile-bert --profile quick` first (~20 min)
     python benchmarks/mobile_targets.py --int8-paths   # also times torchao+torch.compile beside the other int8 paths
 
-Writes benchmarks/results/mobile_targets.{json,md}. Targets (from the issue), all at batch 1, 1 thread, 128 tokens:
+--run runs the case study cold (a fresh MLflow store, output folder and Prefect result storage in --work), then
+unchanged once more, and reports on that run; without it the newest finished flow run in MLFLOW_TRACKING_URI (default
+./mlflow.db) is read. `make bench` uses --run --int8-paths (about 20-25 minutes on 2 cores).
+Writes <results-dir>/mobile_targets.{json,md}. Targets (from the issue), all at batch 1, 1 thread, 128 tokens:
 best mobile candidate >= 4x faster and >= 4x smaller than the fp32 teacher with <= 1 point accuracy drop; our int8
 path no slower than ONNX Runtime int8 of the same model; 50% FFN structured pruning >= 1.4x faster with <= 1 point
 drop; 3-layer distilled student >= 1.8x faster with >= 98% of the teacher's accuracy.
@@ -12,13 +15,12 @@ drop; 3-layer distilled student >= 1.8x faster with >= 98% of the teacher's accu
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
-from common import ROOT, run, write_results
+from common import ROOT, markdown_table, parser, run, write_results
 
 LAT, SIZE, ACC = "bench/latency_ms_p50_b1_t1", "size/disk_mb", "eval/accuracy"
 
@@ -97,25 +99,34 @@ def int8_paths(model_dir: str, seq_len: int = 128, iters: int = 30) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--run", action="store_true", help="run the quick profile first (about 15 minutes here)")
+    ap = parser(__doc__)
+    ap.add_argument("--run", action="store_true", help="run the quick profile first (about 20 minutes here)")
+    ap.add_argument("--work", type=Path, help="with --run: a new or empty folder for the store, outputs and logs")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --run: passed to `effilm run`")
     ap.add_argument("--int8-paths", action="store_true")
     a = ap.parse_args()
-    from tasks.core import tracking
-    from tasks.core.tracking import tracking_uri
-
+    a.results_dir, a.work = a.results_dir.resolve(), a.work and a.work.resolve()
     os.chdir(ROOT)
-    uri = tracking_uri()
     wall = rerun = None
-    if a.run:  # cold: fresh output folder and Prefect result storage; then an unchanged re-run
+    if a.run:  # cold: fresh store, output folder and Prefect result storage; then an unchanged re-run
         import tempfile
 
-        tmp = Path(tempfile.mkdtemp(prefix="effilm-mobile-"))
+        if a.work and a.work.exists() and any(a.work.iterdir()):
+            ap.error(f"--work {a.work} is not empty (the first run must be cold)")
+        tmp = (a.work or Path(tempfile.mkdtemp(prefix="effilm-mobile-"))).resolve()
+        tmp.mkdir(parents=True, exist_ok=True)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"  # read back below from the same store
         cmd = [str(Path(sys.executable).parent / "effilm"), "run", "mobile-bert", "--profile", "quick",
                "--set", f"output_dir={tmp / 'out'}"]
-        env = {"HF_HUB_OFFLINE": "1", "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "prefect")}
-        wall = run(cmd, env, tmp / "cold.log")
-        rerun = run(cmd, env, tmp / "rerun.log")
+        for s in a.set:
+            cmd += ["--set", s]
+        env = {"HF_HUB_OFFLINE": "1", "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "prefect"),
+               "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
+        wall = run(cmd, env, tmp / "cold.log").seconds
+        rerun = run(cmd, env, tmp / "rerun.log").seconds
+    from tasks.core import tracking
+
+    uri = tracking.tracking_uri()
     parent, rows = latest_variants(uri)
     meta = rows.pop("_selection")
     selection, flow_seconds = meta["message"], meta.get("flow_seconds")
@@ -148,21 +159,20 @@ def main() -> int:
     paths = int8_paths(tracking.download_model(rows["teacher-fp32"]["run_id"])) if a.int8_paths else None
     cols = ["technique", ACC, LAT, "bench/latency_ms_p95_b1_t1", "bench/latency_ms_p50_b1_tall", "bench/throughput_b32",
             "bench/peak_rss_mb", SIZE, "size/params", "eval/agreement_with_source"]
-    table = "| variant | " + " | ".join(c.split("/")[-1] for c in cols) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
-    for v, r in rows.items():
-        table += f"| {v} | " + " | ".join("" if r.get(c) is None else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in cols) + " |\n"
+    table = markdown_table([{"variant": v, **{c.split("/")[-1]: (f"{r[c]:.4g}" if isinstance(r.get(c), float) else r.get(c))
+                                              for c in cols}} for v, r in rows.items()], disable_numparse=True)
     md = [f"Parent run `{parent}` ({uri}). " + (f"Cold `effilm run mobile-bert --profile quick`: {wall:.0f} s "
                                                 f"(target <= 1200 s); unchanged re-run: {rerun:.0f} s." if wall else ""),
           f"The flow itself took {flow_seconds:.0f} s (parent run metric flow/seconds; target for the whole "
           f"quick profile: <= 1200 s)." if flow_seconds else "", "", "## Targets", ""]
     for name, c in checks.items():
         md.append(f"- **{name}**: " + ", ".join(f"{k}={v}" for k, v in c.items()))
-    md += ["", f"Selection: {selection}", "", "## All variants (batch 1, 1 thread, 128 tokens unless noted)", "", table]
+    md += ["", f"Selection: {selection}", "", "## All variants (batch 1, 1 thread, 128 tokens unless noted)", "", table, ""]
     if paths:
         md += ["## int8 paths on the teacher (p50 ms, batch 1, 1 thread, 128 tokens)", ""] + [f"- {k}: {v}" for k, v in paths.items()]
     data = {"parent_run_id": parent, "flow_wall_seconds": wall, "rerun_wall_seconds": rerun, "flow_seconds_metric": flow_seconds, "checks": checks, "selection": selection,
             "variants": rows, "int8_paths": paths}
-    js, mdp = write_results("mobile_targets", data, "\n".join(md))
+    _, mdp = write_results("mobile_targets", data, "\n".join(md), a.results_dir)
     print(mdp.read_text())
     return 0
 

@@ -2,26 +2,26 @@
 extractive summarizer (long encoder + head trained on oracle labels) vs the best lead-k (k chosen on validation)
 and TextRank, ROUGE-1/2/L on the test split.
 
-    python benchmarks/summarization.py [--path ../shared/data/bbc-news-summary] [--max-docs 800]
+    python benchmarks/summarization.py [--path ../shared/data/bbc-news-summary] [--max-docs 800]   # ~3 min on 2 cores
 
-Target: extractive ROUGE-2 >= best lead-k + 2 points. Writes benchmarks/results/summarization.{json,md}.
+Target: extractive ROUGE-2 >= best lead-k + 2 points. Writes <results-dir>/summarization.{json,md}
+(a trial run: --max-docs 40 --results-dir /tmp/bench).
 The encoder is the packaged all-MiniLM-L6-v2, long-ified (sliding window 128 each side, one global marker per
 sentence); it is not fine-tuned here — only the sentence-scoring head is trained.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, write_results
+from common import ROOT, markdown_table, parser, write_results
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__)
     ap.add_argument("--path", default=str(ROOT.parent / "shared" / "data" / "bbc-news-summary"))
     ap.add_argument("--max-docs", type=int, default=800)
     ap.add_argument("--max-tokens", type=int, default=1024)
@@ -37,17 +37,16 @@ def main() -> int:
     t0 = time.perf_counter()
     res = summarize.run(cfg, {"max_positions": 4096, "attention_window": 256}, model_dir, 42, tempfile.mkdtemp())
     seconds = time.perf_counter() - t0
-    rows = ["| method | k | ROUGE-1 | ROUGE-2 | ROUGE-L | words | s/doc |", "|---|---|---|---|---|---|---|"]
-    for name, r in res["methods"].items():
-        m = r["metrics"]
-        rows.append(f"| {name} | {r.get('k')} | {m['eval/rouge1']:.4f} | {m['eval/rouge2']:.4f} | {m['eval/rougeL']:.4f} | "
-                    f"{m['eval/summary_words']:.1f} | {m['eval/seconds_per_doc']:.4f} |")
+    table = markdown_table([{"method": name, "k": r.get("k"), "ROUGE-1": f"{m['eval/rouge1']:.4f}",
+                             "ROUGE-2": f"{m['eval/rouge2']:.4f}", "ROUGE-L": f"{m['eval/rougeL']:.4f}",
+                             "words": f"{m['eval/summary_words']:.1f}", "s/doc": f"{m['eval/seconds_per_doc']:.4f}"}
+                            for name, r in res["methods"].items() for m in [r["metrics"]]], disable_numparse=True)
     lead, ext = res["methods"]["lead-k"]["metrics"]["eval/rouge2"], res["methods"]["extractive-long"]["metrics"]["eval/rouge2"]
     margin = 100 * (ext - lead)
     md = (f"Data: {res['data']}, {a.max_docs} documents sampled (seed 42), split 50/25/25; test documents: {res['num_test']}. "
-          f"Total {seconds:.0f} s.\n\n" + "\n".join(rows) +
+          f"Total {seconds:.0f} s.\n\n" + table +
           f"\n\nTarget: extractive ROUGE-2 >= best lead-k + 2 points -> {margin:+.2f} points ({'met' if margin >= 2 else 'missed'}).")
-    write_results("summarization", {"result": res, "rouge2_margin_points": margin, "seconds": seconds}, md)
+    write_results("summarization", {"result": res, "rouge2_margin_points": margin, "seconds": seconds}, md, a.results_dir)
     print(md)
     return 0
 

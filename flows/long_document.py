@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.common import base_tags, flow_run
 from tasks.core import config, tracking, train
 from tasks.core.orchestrate import call, work_dir
-from tasks.longdoc import mechanisms, scaling, summarize
+from tasks.longdoc import mechanisms, report, scaling, summarize
 
 STUDY = "long-document"
 
@@ -80,7 +80,7 @@ def long_document(profile: str = "quick", overrides: list[str] | None = None, co
                 results.append({"variant": method, "technique": "summarization", "run_id": run_id, **res["metrics"]})
 
         # 5. report
-        md = report_markdown(results, scale, summaries, cfg)
+        md = report.markdown(results, scale["rows"], summaries, cfg.evaluate.buckets, cfg.long.attention_window)
         rep = out / "report"
         rep.mkdir(parents=True, exist_ok=True)
         (rep / "long_document.md").write_text(md)
@@ -90,25 +90,3 @@ def long_document(profile: str = "quick", overrides: list[str] | None = None, co
         tracking.log_metrics(parent, {"flow/seconds": round(time.perf_counter() - started, 2)})
     logger.info("long-document done in %.1fs; MLflow parent run %s\n%s", time.perf_counter() - started, parent, md)
     return {"parent_run_id": parent, "results": results, "scaling": scale["rows"], "report": {"markdown": str(rep / "long_document.md")}}
-
-
-def report_markdown(results: list[dict], scale: dict, summaries: dict, cfg) -> str:
-    edges = [0, *cfg.evaluate.buckets, None]
-    names = [mechanisms.bucket_name(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
-    lines = ["# effilm long-document", "", "## Classification by document length (macro-F1; docs per bucket)", "",
-             "| mechanism | accuracy | macro-F1 | " + " | ".join(names) + " | s/doc |", "|---" * (len(names) + 4) + "|"]
-    for r in results:
-        if r["technique"] != "attention" or "eval/accuracy" not in r:
-            continue
-        cells = [f"{r.get(f'eval/macro_f1_len_{n}', float('nan')):.3f} ({r.get(f'eval/num_docs_len_{n}', 0)})" for n in names]
-        lines.append(f"| {r['variant']} | {r['eval/accuracy']:.4f} | {r['eval/macro_f1']:.4f} | " + " | ".join(cells)
-                     + f" | {r['eval/seconds_per_doc']:.3f} |")
-    lines += ["", f"## Cost vs length (batch 1, window {cfg.long.attention_window})", "", scaling.table(scale["rows"])]
-    if summaries:
-        lines += ["", f"## Summarization ({summaries['data']}; test docs: {summaries['num_test']})", "",
-                  "| method | ROUGE-1 | ROUGE-2 | ROUGE-L | words | s/doc |", "|---|---|---|---|---|---|"]
-        for method, res in summaries["methods"].items():
-            m = res["metrics"]
-            lines.append(f"| {method} | {m['eval/rouge1']:.4f} | {m['eval/rouge2']:.4f} | {m['eval/rougeL']:.4f} | "
-                         f"{m['eval/summary_words']:.1f} | {m['eval/seconds_per_doc']:.3f} |")
-    return "\n".join(lines) + "\n"

@@ -21,21 +21,44 @@ import yaml
 from tasks.core import config, data, orchestrate, tracking
 from tasks.core.config import ConfigError
 
-# (pattern, kind, tolerance): first match wins. "abs": |new - old| <= tol; "rel": |new - old| <= tol * |old|;
-# a tolerance of None is the run's --latency-tolerance.
-# Accuracy, predictions-derived and training-loss metrics must match exactly (seeded, deterministic kernels, same
-# thread count); sizes within 1 % (manifests record paths); timings are measurements: within 30 % by default, the
-# spread seen on this 2-core machine between identical runs was ~10-15 % (docs/operations.md).
-# "info": shown with its difference, not judged (wall-clock time and training throughput depend on what else the
-# machine does; they are not properties of the model).
+# (pattern, kind, tolerance): first match wins. "exact": new == old; "rel": |new - old| <= tol * |old|, where a
+# tolerance of None is the run's --latency-tolerance; "info": shown with its difference, never judged.
+#
+# Judged: what a re-run on the same machine must give again.
+#  - quality (accuracy, F1, loss, ROUGE) and counts: exactly, because training and evaluation are seeded and run
+#    deterministic kernels at the same thread count (measured: every one identical, benchmarks/results/
+#    reproduce_teacher_quick.md);
+#  - sizes: within 1 % (the folder holds manifests that record paths);
+#  - the median latency at one thread (bench/latency_ms_p50_*_t1), within LATENCY_TOLERANCE;
+#  - peak and model memory (RSS): within 10 %; identical runs differed by 2 % (800.8 -> 783.4 MB) and 0 %.
+# Reported, not judged, because they measure the machine's load rather than the model: tail latencies (p95; a single
+# preempted iteration moves them), every timing at all threads (`_tall`, and the long-document `_L<n>` latencies,
+# measured at all cores: they compete with whatever else runs), throughput (derived from the same timings), the
+# number of timed iterations (capped by benchmark.max_seconds, so fewer on a slower run), wall-clock times and
+# training throughput. A quick-profile re-run on a shared 2-core machine with identical quality metrics once failed
+# on p95 at batch 1 / all threads (+34 %).
+#
+# LATENCY_TOLERANCE = 30 %: the run-to-run spread of identical runs on this 2-core machine is about +-10 %, with
+# outliers of +23-34 % when the machine is loaded. 30 % is three times the ordinary spread, so noise does not fail a
+# reproduction, and still well below what a real change in the model costs (the compression targets are >= 1.4x
+# speed-ups, i.e. a lost speed-up moves the median by 40 % or more). On a machine known to be loaded, raise it with
+# --latency-tolerance rather than trust a pass that depends on the load.
 LATENCY_TOLERANCE = 0.30
+MEMORY_TOLERANCE = 0.10
+SIZE_TOLERANCE = 0.01
 TOLERANCES: list[tuple[str, str, float | None]] = [
-    ("bench/*", "rel", None),
-    ("*seconds*", "info", 0.0),
-    ("*samples_per_second*", "info", 0.0),
-    ("*resumed_from_step*", "info", 0.0),
-    ("size/*", "rel", 0.01),
-    ("*", "abs", 1e-6),
+    ("bench/latency_ms_p50_*_t1", "rel", None),
+    ("bench/latency_ms_p95_*", "info", None),
+    ("bench/*_tall", "info", None),
+    ("bench/latency_ms_L*", "info", None),
+    ("bench/throughput*", "info", None),
+    ("bench/iters_*", "info", None),
+    ("bench/*rss_mb*", "rel", MEMORY_TOLERANCE),
+    ("*seconds*", "info", None),
+    ("*samples_per_second*", "info", None),
+    ("*resumed_from_step*", "info", None),
+    ("size/*", "rel", SIZE_TOLERANCE),
+    ("*", "exact", 0.0),
 ]
 
 
@@ -59,7 +82,11 @@ class Check:
         if self.reproduced is None:
             return False
         diff = abs(self.reproduced - self.original)
-        return diff <= (self.tolerance if self.kind == "abs" else self.tolerance * abs(self.original)) + 1e-12
+        return diff == 0 if self.kind == "exact" else diff <= self.tolerance * abs(self.original)
+
+    @property
+    def rule(self) -> str:
+        return {"exact": "exact", "rel": f"±{self.tolerance:.0%}", "info": "not judged"}[self.kind]
 
 
 @dataclass
@@ -73,22 +100,34 @@ class Report:
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
+    def table(self):
+        """The checks as a DataFrame of display strings (one row per variant and metric)."""
+        import pandas as pd
+
+        return pd.DataFrame([{
+            "variant": c.variant, "metric": c.key, "original": f"{c.original:.6g}",
+            "reproduced": "missing" if c.reproduced is None else f"{c.reproduced:.6g}",
+            "diff": "–" if c.reproduced is None else f"{c.reproduced - c.original:+.6g}",
+            "tolerance": c.rule, "ok": "–" if c.kind == "info" else "yes" if c.ok else "**NO**"} for c in self.checks],
+            columns=["variant", "metric", "original", "reproduced", "diff", "tolerance", "ok"])
+
     def markdown(self) -> str:
-        lines = [f"# reproduce {self.original_run} -> {self.reproduced_parent}", "",
-                 *(f"- {n}" for n in self.notes), "",
-                 "| variant | metric | original | reproduced | diff | tolerance | ok |", "|---|---|---|---|---|---|---|"]
-        for c in self.checks:
-            diff = "–" if c.reproduced is None else f"{c.reproduced - c.original:+.6g}"
-            tol = {"abs": f"±{c.tolerance:g}", "rel": f"±{c.tolerance:.0%}", "info": "not judged"}[c.kind]
-            rep = "missing" if c.reproduced is None else f"{c.reproduced:.6g}"
-            lines.append(f"| {c.variant} | {c.key} | {c.original:.6g} | {rep} | {diff} | {tol} | {'yes' if c.ok else '**NO**'} |")
+        judged = sum(c.kind != "info" for c in self.checks)
         bad = sum(not c.ok for c in self.checks)
-        lines += ["", f"**{'reproduced' if self.ok else f'{bad} metric(s) outside tolerance'}**"]
-        return "\n".join(lines)
+        table = self.table().to_markdown(index=False, disable_numparse=True,
+                                         colalign=["left", "left", "right", "right", "right", "left", "left"])
+        return "\n".join([f"# reproduce {self.original_run} -> {self.reproduced_parent}", "",
+                          *(f"- {n}" for n in self.notes),
+                          (f"- judged: {judged} metric(s); {len(self.checks) - judged} reported, not judged "
+                           "(tail and all-thread timings, throughput, wall times)"), "",
+                          table, "", f"**{'reproduced' if self.ok else f'{bad} metric(s) outside tolerance'}**"])
 
 
 def tolerance_for(key: str, latency_tolerance: float = LATENCY_TOLERANCE) -> tuple[str, float]:
-    kind, tol = next((k, t) for pattern, k, t in TOLERANCES if fnmatch.fnmatchcase(key, pattern))  # "*" ends the list
+    """-> (kind, tolerance) of a metric key: the first matching TOLERANCES rule ("*" ends the list)."""
+    kind, tol = next((k, t) for pattern, k, t in TOLERANCES if fnmatch.fnmatchcase(key, pattern))
+    if kind == "info":
+        return kind, 0.0
     return kind, latency_tolerance if tol is None else tol
 
 
@@ -133,7 +172,7 @@ def plan(run_id: str, force: bool = False) -> dict:
             raise ReproduceRefused(src, "tags.code_version", msg)
         notes.append("FORCED: " + msg)
     with tempfile.TemporaryDirectory() as tmp:
-        info = data.prepare(config.slice_dict(cfg.data), cfg.seed, tmp)
+        info = data.prepare(cfg.data, cfg.seed, tmp)
     if info["fingerprint"] != tags.get("data_fingerprint"):
         msg = (f"the data changed since the run (fingerprint {str(tags.get('data_fingerprint'))[:12]}… recorded, "
                f"{info['fingerprint'][:12]}… now, source {info['source']}); restore it, or pass --force")

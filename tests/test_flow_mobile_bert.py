@@ -1,11 +1,13 @@
 """End to end: the real mobile-bert flow (Prefect engine, MLflow sqlite store) on a small BBC slice, tiny model."""
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from flows.cli import main
+from tasks.core import models
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +112,20 @@ def test_flow_variants_selection_and_registry(tiny_model_dir, mlflow_uri, tmp_pa
     by = {r["variant"]: r for r in result["variants"]}
     for r in result["variants"]:
         assert {"eval/accuracy", "bench/latency_ms_p50_b1_t1", "size/disk_mb"} <= set(r), r["variant"]
-    assert by["int8"]["technique"] == "quantize" and 0 <= by["int8"]["eval/agreement_with_source"] <= 1
+    assert by["int8"]["technique"] == "quantize"
+    # agreement with the source variant and accuracy, recomputed from the saved predictions and the test split
+    (test_split,) = (tmp_path / "out").rglob("test.parquet")
+    labels = models.read_manifest(by["teacher-fp32"]["model_dir"])["labels"]
+    y_true = np.array([labels.index(l) for l in pd.read_parquet(test_split)["label"]])
+    preds = {r["variant"]: np.load(r["predictions"]) for r in result["variants"]}
+    for r in result["variants"]:
+        assert len(preds[r["variant"]]) == len(y_true) == r["eval/num_samples"], r["variant"]
+        assert r["eval/accuracy"] == pytest.approx(float(np.mean(preds[r["variant"]] == y_true)), abs=1e-12), r["variant"]
+    for name, source in {"int8": "teacher-fp32", "l1-50": "teacher-fp32", "onnx8": "teacher-fp32",
+                         "one-layer": "teacher-fp32", "one-layer-int8": "one-layer"}.items():
+        assert by[name]["eval/agreement_with_source"] == pytest.approx(
+            float(np.mean(preds[name] == preds[source])), abs=1e-12), name
+    assert "eval/agreement_with_source" not in by["teacher-fp32"]
     assert by["int8"]["size/disk_mb"] < by["teacher-fp32"]["size/disk_mb"]
     # the smallest variant wins under the size objective, and is registered as @mobile
     smallest = min(result["variants"], key=lambda r: r["size/disk_mb"])

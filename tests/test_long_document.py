@@ -1,8 +1,11 @@
 """Case study 2 on tiny models: mechanisms, HF Longformer equivalence, summarization pieces, the flow end to end."""
 
+import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import AutoTokenizer
 
 from tasks.core import models
 from tasks.longdoc import longify, mechanisms, scaling_probe, summarize
@@ -53,7 +56,27 @@ def test_bucketed_evaluation(tiny_cls):
     res = mechanisms.evaluate_by_length("sliding-window", tiny_cls, texts, [0, 1, 2, 0, 1], ["a", "b", "c"], LONG, [512, 1024])
     m = res["metrics"]
     assert m["eval/num_docs_len_0_512"] == 2 and m["eval/num_docs_len_512_1024"] == 2 and m["eval/num_docs_len_1024_plus"] == 1
-    assert "eval/macro_f1_len_gt_1024" in m and 0 <= m["eval/macro_f1"] <= 1
+    # lengths are untruncated token counts with [CLS]/[SEP], counted here with the model's own tokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_cls)
+    assert res["lengths"] == [len(tok(t)["input_ids"]) for t in texts] == [4, 4, 702, 702, 1502]
+    # every metric is what scikit-learn gives on the returned predictions, overall and per bucket
+    y, p, ids = [0, 1, 2, 0, 1], res["predictions"], [0, 1, 2]
+    assert m["eval/num_docs"] == len(p) == 5
+    assert m["eval/accuracy"] == pytest.approx(accuracy_score(y, p), abs=1e-12)
+    assert m["eval/macro_f1"] == pytest.approx(f1_score(y, p, labels=ids, average="macro", zero_division=0), abs=1e-12)
+    for name, sel in {"0_512": [0, 1], "512_1024": [2, 3], "1024_plus": [4]}.items():
+        ys, ps = [y[i] for i in sel], [p[i] for i in sel]
+        assert m[f"eval/accuracy_len_{name}"] == pytest.approx(accuracy_score(ys, ps), abs=1e-12), name
+        assert m[f"eval/macro_f1_len_{name}"] == pytest.approx(
+            f1_score(ys, ps, labels=ids, average="macro", zero_division=0), abs=1e-12), name
+    assert m["eval/macro_f1_len_gt_1024"] == pytest.approx(f1_score([y[4]], [p[4]], labels=ids, average="macro",
+                                                                    zero_division=0), abs=1e-12)
+    # pinned (run twice on this machine, identical): tiny_cls (random 3-label BERT from make_tiny_model, seed 0,
+    # hidden 32), sliding-window, LONG (window 32, 2048 positions). The random head favours class 0 for all five
+    # texts (logit margin ~0.009), so accuracy 2/5 and macro-F1 = F1(class 0)/3 = (2 * 2/5 * 1 / (2/5 + 1)) / 3 = 4/21.
+    assert p == [0, 0, 0, 0, 0]
+    assert m["eval/accuracy"] == pytest.approx(2 / 5, abs=1e-4)
+    assert m["eval/macro_f1"] == pytest.approx(4 / 21, abs=1e-4)
 
 
 def test_oracle_labels_hand_made():
@@ -92,18 +115,53 @@ def test_bbc_summary_layout_loader(tmp_path):
 
 
 def test_abstractive_with_tiny_led(tmp_path, bbc_slice):
-    from transformers import LEDConfig, LEDForConditionalGeneration
+    from rouge_score import rouge_scorer
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        LEDConfig,
+        LEDForConditionalGeneration,
+    )
 
     tok = models.load_tokenizer("packaged:minilm-l6")
     cfg = LEDConfig(vocab_size=tok.vocab_size, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                     decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_encoder_position_embeddings=1024,
                     max_decoder_position_embeddings=64, attention_window=[32], pad_token_id=0, bos_token_id=101,
                     eos_token_id=102, decoder_start_token_id=101)
+    torch.manual_seed(0)  # the random LED's weights, hence its (greedy) summaries, are fixed
     LEDForConditionalGeneration(cfg).save_pretrained(tmp_path / "led")
     tok.save_pretrained(tmp_path / "led")
-    docs = [{"text": "Shares rose. Profits beat forecasts.", "summary": "Shares rose."}] * 2
-    res = summarize.abstractive(str(tmp_path / "led"), docs, {"max_new_tokens": 5, "num_beams": 1})
-    assert res["metrics"]["eval/num_docs"] == 2 and 0 <= res["metrics"]["eval/rouge1"] <= 1
+    # special tokens suppressed: otherwise the random model emits only [CLS] and every summary decodes to ""
+    generation = {"max_new_tokens": 5, "num_beams": 1, "suppress_tokens": tok.all_special_ids}
+
+    # the same generation done here with plain transformers, to build references with a known overlap
+    led = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "led").eval()
+    texts = ["Shares rose. Profits beat forecasts.", "The minister resigned after the vote."]
+    outs = []
+    with torch.no_grad():
+        for text in texts:
+            enc = tok(text, return_tensors="pt")
+            enc.pop("token_type_ids")
+            glob = torch.zeros_like(enc["input_ids"])
+            glob[0, 0] = 1
+            outs.append(tok.decode(led.generate(**enc, global_attention_mask=glob, **generation)[0], skip_special_tokens=True))
+    # doc 0's reference is its own summary (ROUGE 1); doc 1's shares only the first generated word
+    docs = [{"text": texts[0], "summary": outs[0]}, {"text": texts[1], "summary": outs[1].split()[0] + " shares rose"}]
+    res = summarize.abstractive(str(tmp_path / "led"), docs, generation)
+    m = res["metrics"]
+    assert m["eval/num_docs"] == 2
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scores = [scorer.score(d["summary"], o) for d, o in zip(docs, outs)]
+    for key in ("rouge1", "rouge2", "rougeL"):
+        assert m[f"eval/{key}"] == pytest.approx(np.mean([s[key].fmeasure for s in scores]), abs=1e-12), key
+    assert m["eval/summary_words"] == pytest.approx(np.mean([len(o.split()) for o in outs]), abs=1e-12)
+    # pinned (run twice on this machine, identical): the seed-0 LED above greedily writes "198 198 198 198 198" for
+    # both texts. Doc 0: ROUGE 1/1/1. Doc 1 vs "198 shares rose": 1 shared unigram, P 1/5, R 1/3, F 0.25; no shared
+    # bigram; LCS 1, so ROUGE-L 0.25. Means: rouge1 0.625, rouge2 0.5, rougeL 0.625; 5 words per summary.
+    assert outs == ["198 198 198 198 198"] * 2
+    assert m["eval/rouge1"] == pytest.approx(0.625, abs=1e-4)
+    assert m["eval/rouge2"] == pytest.approx(0.5, abs=1e-4)
+    assert m["eval/rougeL"] == pytest.approx(0.625, abs=1e-4)
+    assert m["eval/summary_words"] == pytest.approx(5.0, abs=1e-4)
 
 
 @pytest.mark.integration

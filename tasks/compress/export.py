@@ -47,7 +47,7 @@ def _example(tokenizer, seq_len: int, batch: int = 1) -> tuple[torch.Tensor, tor
 
 def _fp32_model(model_dir: str):
     manifest = models.read_manifest(model_dir)
-    if manifest.get("format", "hf") != "hf":
+    if manifest["format"] != "hf":
         raise ValueError(f"export needs an fp32 'hf' model folder (quantization happens in the target runtime), got {manifest.get('format')!r}")
     return models.load_hf_model(model_dir, manifest), manifest
 

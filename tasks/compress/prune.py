@@ -181,7 +181,7 @@ def compress_structured(model_dir: str, step: PruneStructuredStep, ctx: StepCont
     labels = manifest["labels"]
     train_df = data_mod.load_split(ctx.data["paths"]["train"])
     label_ids = [labels.index(l) for l in train_df["label"]]
-    max_length = manifest.get("max_length", 128)
+    max_length = manifest["max_length"]
     before = models.count_params(model)
     batches = None
     if step.importance == "gradient":

@@ -7,6 +7,7 @@ over the base; ``--set a.b=c`` overrides are merged last. Every error names the 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -161,6 +162,12 @@ class ExportStep(Strict):
     quantize: Literal["int8"] | None = None
     seq_len: int = Field(128, ge=8)
 
+    @model_validator(mode="after")
+    def _check(self) -> "ExportStep":
+        if self.format == "pte" and importlib.util.find_spec("executorch") is None:
+            raise ValueError("format: 'pte' needs ExecuTorch, which is not installed: pip install 'effilm[mobile]'")
+        return self
+
 
 class PruneUnstructuredStep(Strict):
     technique: Literal["prune_unstructured"]
@@ -261,6 +268,12 @@ class ExecutionConfig(Strict):
     task_runner: Literal["thread", "dask"] = "thread"
     max_workers: int = Field(2, ge=1, le=256, description="parallel tasks (threads, or Dask workers of a local cluster)")
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExecutionConfig":
+        if self.task_runner == "dask" and importlib.util.find_spec("prefect_dask") is None:
+            raise ValueError("task_runner: 'dask' needs prefect-dask, which is not installed: pip install 'effilm[team]'")
+        return self
 
 
 class Variant(Strict):

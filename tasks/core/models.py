@@ -47,6 +47,9 @@ def _offline() -> bool:
 
 
 def _hub_error(source: str, exc: Exception) -> ConfigError:
+    if Path(source).expanduser().is_dir():  # a local folder that exists: say what is wrong with it, not "offline"
+        return ConfigError("model.source", source, f"cannot load model from this folder ({type(exc).__name__}: "
+                           f"{str(exc)[:300]}); weights load from safetensors only (model.safetensors)")
     hint = f"offline mode (HF_HUB_OFFLINE=1) and '{source}' is not in the local cache" if _offline() else f"{type(exc).__name__}: {str(exc)[:300]}"
     return ConfigError("model.source", source, f"cannot load model: {hint}. The offline default is model.source={OFFLINE_DEFAULT}")
 

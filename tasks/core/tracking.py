@@ -484,3 +484,28 @@ def ui_compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
     from urllib.parse import quote
 
     return f"{base.rstrip('/')}/#/compare-runs?runs={quote(json.dumps(run_ids))}&experiments={quote(json.dumps([experiment_id]))}"
+
+
+def search_runs_frame(experiment_id: str, filter_string: str = "", order_by: list[str] | None = None,
+                      max_results: int = 1000):
+    """``mlflow.search_runs`` on this project's store (``tracking_uri()``) -> pandas DataFrame, one row per run:
+    ``run_id``, ``status``, ``start_time``, ..., and ``metrics.*``, ``params.*``, ``tags.*`` columns.
+
+    The fluent API reads MLflow's process-wide tracking URI; it is pointed at ``tracking_uri()`` for this call and
+    put back afterwards (the environment variable included), so ``MLFLOW_TRACKING_URI`` keeps working as before."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as mlflow_uri
+
+    uri = tracking_uri()
+    client()  # an embedded sqlite store is created/migrated (under its lock) before the first read
+    explicit, env = getattr(mlflow_uri, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        return _retrying("search_runs")(mlflow.search_runs, experiment_ids=[experiment_id], filter_string=filter_string,
+                                        order_by=order_by, max_results=max_results, output_format="pandas")
+    finally:
+        mlflow.set_tracking_uri(explicit)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env

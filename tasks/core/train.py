@@ -200,7 +200,7 @@ def finetune_model(model, tokenizer, manifest: dict, ctx: StepContext, finetune:
     texts, ys = preprocess.augment(df["text"].tolist(), [labels.index(l) for l in df["label"]], augment_cfg, ctx.seed)
     texts = preprocess.normalize(texts, preprocess_cfg or manifest.get("preprocess"))
     return train_loop(model, tokenizer, texts, ys, train_with(ctx.train, finetune), ctx.seed,
-                      manifest.get("max_length", 128), work, loss_fn=loss_fn, desc=desc)
+                      manifest["max_length"], work, loss_fn=loss_fn, desc=desc)
 
 
 def fine_tune(model_cfg: ModelConfig | dict, train_cfg: TrainConfig | dict, data: dict, seed: int, work_dir: str) -> dict:

@@ -65,17 +65,14 @@ def plot(rows: list[dict], key: str, ylabel: str, path: str | Path) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    mechs = list(dict.fromkeys(r["mechanism"] for r in rows))
-    lengths = sorted({r["length"] for r in rows})
-    get = {(r["mechanism"], r["length"]): r for r in rows}
-    out = ["| length | " + " | ".join(f"{m} ms / MB" for m in mechs) + " |", "|---" * (len(mechs) + 1) + "|"]
-    for n in lengths:
-        cells = []
-        for m in mechs:
-            r = get.get((m, n), {})
-            cells.append(f"{r['latency_ms']} / {r['peak_rss_mb']}" if "latency_ms" in r else f"error: {r.get('error', '?')[:60]}")
-        out.append(f"| {n} | " + " | ".join(cells) + " |")
-    return "\n".join(out)
+    """Markdown: one row per length, one column per mechanism ("ms / MB", or the error of that measurement)."""
+    import pandas as pd
+
+    cells = {(r["length"], f"{r['mechanism']} ms / MB"): f"{r['latency_ms']} / {r['peak_rss_mb']}" if "latency_ms" in r
+             else f"error: {r.get('error', '?')[:60]}" for r in rows}
+    frame = pd.Series(cells).unstack()
+    frame = frame[list(dict.fromkeys(f"{r['mechanism']} ms / MB" for r in rows))].sort_index()
+    return frame.rename_axis("length").to_markdown()
 
 
 @task(name="scaling-benchmark", cache_policy=CACHE, persist_result=True)

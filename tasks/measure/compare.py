@@ -4,15 +4,18 @@
     effilm compare --experiment effilm/long-document --metrics 'eval/*' 'bench/*4096*'
     effilm compare --run <parent-run-id> --out outputs/compare
 
-Writes the same table as CSV and markdown; prints the MLflow UI's compare-runs link for the same runs.
+The variant runs are read with ``mlflow.search_runs`` (a DataFrame with ``metrics.*``/``tags.*`` columns, through
+``tasks.core.tracking``); the table is that frame's chosen columns, printed and written as markdown
+(``DataFrame.to_markdown``) and CSV; the MLflow UI's compare-runs link for the same runs is printed beside it.
 """
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import re
 from pathlib import Path
+
+import pandas as pd
 
 from tasks.core import tracking
 
@@ -20,6 +23,7 @@ DEFAULT_METRICS = ("eval/accuracy", "eval/macro_f1", "eval/rouge*", "bench/laten
                    "bench/latency_ms_p50_b1_tall",
                    "bench/latency_ms_p50_*", "bench/peak_rss_mb", "size/disk_mb", "size/params")
 MAX_DEFAULT_COLUMNS = 10
+ID_COLUMNS = ["variant", "technique", "status", "run_id"]
 
 
 class CompareError(ValueError):
@@ -44,8 +48,7 @@ def _pick_columns(keys: set[str], patterns: list[str] | None) -> list[str]:
     return chosen[:MAX_DEFAULT_COLUMNS] if chosen else sorted(keys)[:MAX_DEFAULT_COLUMNS]
 
 
-def collect(experiment: str | None = None, run_id: str | None = None, metrics: list[str] | None = None) -> dict:
-    """-> {"parent": run, "columns": [...], "rows": [{"variant", "technique", "status", "run_id", metric...}]}"""
+def _parent(experiment: str | None, run_id: str | None):
     if run_id:
         try:
             parent = tracking.get_run(run_id)
@@ -53,29 +56,40 @@ def collect(experiment: str | None = None, run_id: str | None = None, metrics: l
             raise CompareError(f"--run: no MLflow run {run_id} in {tracking.tracking_uri()} ({str(exc).splitlines()[0]})") from None
         if "mlflow.parentRunId" in parent.data.tags:  # a variant run: compare its siblings
             parent = tracking.get_run(parent.data.tags["mlflow.parentRunId"])
-    else:
-        experiment = experiment or "effilm/mobile-bert"
-        parent = tracking.latest_parent_run(experiment) or tracking.latest_parent_run(experiment, status=None)
-        if parent is None:
-            known = ", ".join(tracking.experiment_names()) or "none"
-            raise CompareError(f"--experiment: no flow run in experiment '{experiment}' at {tracking.tracking_uri()} "
-                               f"(experiments there: {known}); run `effilm run ...` first or set MLFLOW_TRACKING_URI")
-    children = sorted(tracking.child_runs(parent.info.run_id), key=lambda r: r.info.start_time)
-    if not children:
+        return parent
+    experiment = experiment or "effilm/mobile-bert"
+    parent = tracking.latest_parent_run(experiment) or tracking.latest_parent_run(experiment, status=None)
+    if parent is None:
+        known = ", ".join(tracking.experiment_names()) or "none"
+        raise CompareError(f"--experiment: no flow run in experiment '{experiment}' at {tracking.tracking_uri()} "
+                           f"(experiments there: {known}); run `effilm run ...` first or set MLFLOW_TRACKING_URI")
+    return parent
+
+
+def _column(runs: pd.DataFrame, name: str, default=None) -> pd.Series:
+    return runs[name] if name in runs.columns else pd.Series(default, index=runs.index, dtype=object)
+
+
+def collect(experiment: str | None = None, run_id: str | None = None, metrics: list[str] | None = None) -> dict:
+    """-> {"parent": run, "columns": [metric keys], "frame": DataFrame (variant, technique, status, run_id, metrics...),
+    "rows": the frame's records (missing metrics as None)}"""
+    parent = _parent(experiment, run_id)
+    runs = tracking.search_runs_frame(parent.info.experiment_id, f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                      order_by=["attributes.start_time ASC"])
+    if runs.empty:
         raise CompareError(f"run {parent.info.run_id} has no variant runs to compare")
-    keys = {k for r in children for k in r.data.metrics}
+    keys = {c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any()}
     columns = _pick_columns(keys, metrics)
-    rows = []
-    for r in children:
-        row = {"variant": r.data.tags.get("variant", r.info.run_name), "technique": r.data.tags.get("technique", ""),
-               "status": r.info.status, "run_id": r.info.run_id}
-        row.update({k: r.data.metrics.get(k) for k in columns})
-        rows.append(row)
-    return {"parent": parent, "columns": columns, "rows": rows}
+    frame = pd.DataFrame({"variant": _column(runs, "tags.variant").fillna(_column(runs, "tags.mlflow.runName")),
+                          "technique": _column(runs, "tags.technique").fillna(""),
+                          "status": runs["status"], "run_id": runs["run_id"],
+                          **{k: runs[f"metrics.{k}"] for k in columns}}).reset_index(drop=True)
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return {"parent": parent, "columns": columns, "frame": frame, "rows": rows}
 
 
 def _fmt(v) -> str:
-    if v is None:
+    if v is None or pd.isna(v):
         return "–"
     if isinstance(v, float):
         if v.is_integer() and abs(v) >= 1000:
@@ -84,19 +98,14 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def render_text(table: dict) -> str:
-    head = ["variant", "technique", *table["columns"]]
-    cells = [[_fmt(r[h]) for h in head] for r in table["rows"]]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
-    line = lambda vals: "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths]), *(line(c) for c in cells)])
-
-
 def render_markdown(table: dict) -> str:
+    """variant, technique and the chosen metrics as a markdown table (numbers right-aligned)."""
     head = ["variant", "technique", *table["columns"]]
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(_fmt(r[h]) for h in head) + " |" for r in table["rows"]]
-    return "\n".join(out)
+    cells = table["frame"][head].astype(object).map(_fmt)
+    return cells.to_markdown(index=False, disable_numparse=True, colalign=["left", "left"] + ["right"] * len(table["columns"]))
+
+
+render_text = render_markdown  # the terminal shows the same table (a pipe table reads as plain text, pastes as markdown)
 
 
 def write(table: dict, out_dir: str | Path) -> dict[str, str]:
@@ -105,10 +114,6 @@ def write(table: dict, out_dir: str | Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", parent.data.tags.get("case_study", "runs")) + f"-{parent.info.run_id[:8]}"
     csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
-    fields = ["variant", "technique", "status", "run_id", *table["columns"]]
-    with csv_path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(table["rows"])
+    table["frame"][[*ID_COLUMNS, *table["columns"]]].to_csv(csv_path, index=False)
     md_path.write_text(f"# {parent.info.run_name} ({parent.info.run_id})\n\n{render_markdown(table)}\n")
     return {"csv": str(csv_path), "markdown": str(md_path)}

@@ -22,7 +22,7 @@ from tasks.measure import runtimes
 @torch.inference_mode()
 def predict(model_dir: str, texts: list[str], batch_size: int = 64, max_length: int | None = None) -> np.ndarray:
     run, tokenizer, manifest = runtimes.load_for_inference(model_dir)
-    max_length = max_length or manifest.get("max_length", 128)
+    max_length = max_length or manifest["max_length"]
     texts = preprocess.normalize(texts, manifest.get("preprocess"))
     preds = []
     for i in tqdm(range(0, len(texts), batch_size), desc="evaluate", unit="batch", mininterval=2.0, leave=False):
@@ -78,7 +78,7 @@ def token_stats(model_dir: str, texts: list[str]) -> dict:
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.model_max_length = 10**9  # we count untruncated lengths on purpose; no "longer than max" warning
     lengths = [len(ids) for ids in tok(preprocess.normalize(texts, manifest.get("preprocess")))["input_ids"]]
-    limit = manifest.get("max_length", 128)
+    limit = manifest["max_length"]
     return {"eval/mean_tokens": float(np.mean(lengths)), "eval/truncated_fraction": float(np.mean([n > limit for n in lengths]))}
 
 

@@ -36,10 +36,11 @@ def rows_for_table(results: list[dict]) -> list[dict]:
 
 
 def markdown_table(results: list[dict]) -> str:
-    head = "| " + " | ".join(label for _, label in COLUMNS) + " |"
-    sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(_fmt(r.get(key)) for key, _ in COLUMNS) + " |" for r in results]
-    return "\n".join([head, sep, *body])
+    """One row per variant, the COLUMNS labels as header (``DataFrame.to_markdown``; numbers right-aligned)."""
+    import pandas as pd
+
+    cells = pd.DataFrame([[_fmt(r.get(key)) for key, _ in COLUMNS] for r in results], columns=[label for _, label in COLUMNS])
+    return cells.to_markdown(index=False, disable_numparse=True, colalign=["left", "left"] + ["right"] * (len(COLUMNS) - 2))
 
 
 def write_tables(results: list[dict], out_dir: str | Path, title: str) -> dict[str, str]:

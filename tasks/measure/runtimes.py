@@ -105,7 +105,7 @@ def load_for_inference(model_dir: str | Path):
     from transformers import AutoTokenizer
 
     manifest = models.read_manifest(model_dir)
-    fmt = manifest.get("format", "hf")
+    fmt = manifest["format"]
     if fmt not in RUNNERS:
         raise ValueError(f"{model_dir}: unknown model format '{fmt}' in {models.MANIFEST}; known: {', '.join(RUNNERS)}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

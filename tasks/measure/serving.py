@@ -27,7 +27,7 @@ def _pinned(dist: str) -> str:
 
 def pyfunc_spec(model_dir: str) -> dict:
     """-> keyword arguments for ``tracking.log_model``: the wrapper, pinned public requirements, effilm's code."""
-    fmt = models.read_manifest(model_dir).get("format", "hf")
+    fmt = models.read_manifest(model_dir)["format"]
     return {"python_model": EffilmClassifier(),
             "pip_requirements": [_pinned(d) for d in (*_COMMON, *_RUNTIME.get(fmt, ()))],
             "code_paths": [str(PROJECT_ROOT / "tasks")]}
@@ -56,7 +56,7 @@ class EffilmClassifier(mlflow.pyfunc.PythonModel):
         texts = normalize(texts, self._manifest.get("preprocess"))
         labels = self._manifest["labels"]
         with torch.inference_mode():
-            enc = models.encode(self._tokenizer, texts, self._manifest.get("max_length", 128))
+            enc = models.encode(self._tokenizer, texts, self._manifest["max_length"])
             probs = torch.softmax(self._run(enc["input_ids"], enc["attention_mask"]).float(), -1)
         top = probs.argmax(-1).tolist()
         return pd.DataFrame({"label": [labels[i] for i in top], "score": probs.max(-1).values.tolist()})

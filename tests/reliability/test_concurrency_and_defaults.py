@@ -14,10 +14,45 @@ def test_two_flows_at_once_on_sqlite(tiny_model_dir, tmp_path):
     assert all(r.info.status == "FINISHED" and "eval/accuracy" in r.data.metrics for r in rs if r.data.tags["variant"] != "parent")
 
 
-def test_busy_store_message_says_what_to_do():
-    err = tracking.TrackingStoreBusy("x")
-    assert isinstance(err, RuntimeError)
-    assert tracking._busy(Exception("(sqlite3.OperationalError) database is locked"))
+def test_busy_store_message_says_what_to_do(tiny_model_dir, mlflow_uri, tmp_path, monkeypatch, capsys):
+    """sqlite reports "database is locked" on every try: `effilm run` exits 1 with a message that names the store and
+    the problem and says what to do (run one at a time, or use an `mlflow server`); no run is left behind."""
+    import sqlite3
+
+    import mlflow
+    from sqlalchemy.exc import OperationalError
+
+    from flows.cli import main
+    from tasks import PROJECT_ROOT
+
+    locked = OperationalError("INSERT INTO runs ...", {}, sqlite3.OperationalError("database is locked"))
+    assert tracking._busy(locked) and tracking._busy(Exception("database is busy"))
+    assert not tracking._busy(Exception("(sqlite3.IntegrityError) UNIQUE constraint failed: runs.run_uuid"))
+
+    attempts = []
+
+    def create_run(self, *a, **kw):
+        attempts.append(1)
+        raise locked
+
+    monkeypatch.setattr(mlflow.MlflowClient, "create_run", create_run)
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    code = main(["run", "mobile-bert", "--set", f"model.source={tiny_model_dir}", "--set", "model.max_length=64",
+                 "--set", "benchmark.seq_len=32", "--set", f"output_dir={tmp_path / 'out'}",
+                 "--set", "data.max_samples=60", "--set", "variants=[]"])
+    err = capsys.readouterr().err
+    assert code == 1, err  # not a config error (2): nothing is wrong with the command
+    assert len(attempts) == tracking.RETRIES + 1  # retried as transient first, then given up
+    line = err[err.index("effilm: error:"):]  # one message (sqlite's own text inside it may span lines)
+    # the problem: which store, and that another writer holds it
+    assert f"the MLflow store {mlflow_uri} is locked by another writer" in line, err
+    assert "database is locked" in line, err
+    # what to do
+    assert "run flows one after another" in line, err
+    assert "point MLFLOW_TRACKING_URI at an `mlflow server`" in line, err
+    assert "(see docs/reliability.md)" in line and (PROJECT_ROOT / "docs" / "reliability.md").is_file()
+    exp = MlflowClient(mlflow_uri).get_experiment_by_name("effilm/mobile-bert")
+    assert exp is None or not MlflowClient(mlflow_uri).search_runs([exp.experiment_id])
 
 
 def test_ui_binds_loopback_by_default():
@@ -31,14 +66,48 @@ def test_paths_cannot_escape_output_folder(tmp_path):
     assert orchestrate.safe_join(tmp_path, "a", "b") == (tmp_path / "a" / "b").resolve()
     with pytest.raises(ValueError, match="outside the output folder"):
         orchestrate.safe_join(tmp_path, "..", "etc")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="outside the output folder"):
         orchestrate.safe_join(tmp_path, "/etc/passwd")
 
 
-def test_trust_remote_code_off_by_default():
-    cfg = config.load_config("mobile-bert", "quick")
+ARCH_VARIANT = "variants=[{name: arch, steps: [{technique: architecture, model: google/mobilebert-uncased}]}]"
+
+
+def test_trust_remote_code_off_by_default(tiny_model_dir, tmp_path):
+    """Neither the teacher nor an `architecture` step (the one step that loads someone else's model) trusts remote
+    code unless the config says so, and with the default a model folder that ships code is refused, its code unrun."""
+    import json
+    import shutil
+
+    cfg = config.load_config("mobile-bert", "quick", [ARCH_VARIANT])
     assert cfg.model.trust_remote_code is False
-    assert all(getattr(s, "trust_remote_code", False) is False for v in cfg.variants for s in v.steps)
+    (step,) = cfg.variants[0].steps
+    assert step.technique == "architecture" and step.model == "google/mobilebert-uncased"
+    assert step.trust_remote_code is False
+    assert step.model_dump(mode="json", exclude_none=True)["trust_remote_code"] is False  # also once serialized
+    # the shipped full profile's architecture variants keep the default
+    full = config.load_config("mobile-bert", "full")
+    arch = [s for v in full.variants for s in v.steps if s.technique == "architecture"]
+    assert arch and all(s.trust_remote_code is False for s in arch)
+    # the field is real: opting in is read back (a renamed or dropped field would fail here, not pass silently)
+    opted_in = ARCH_VARIANT.replace("google/mobilebert-uncased}", "google/mobilebert-uncased, trust_remote_code: true}")
+    assert config.load_config("mobile-bert", "quick", [opted_in]).variants[0].steps[0].trust_remote_code is True
+
+    # what "off" means: a folder whose config maps to its own modeling code is refused, and that code never runs
+    evidence = tmp_path / "ran"
+    remote = tmp_path / "remote"
+    shutil.copytree(tiny_model_dir, remote)
+    c = json.loads((remote / "config.json").read_text())
+    c.update(model_type="customarch", auto_map={"AutoConfig": "custom.CustomConfig",
+                                                "AutoModelForSequenceClassification": "custom.CustomModel"})
+    (remote / "config.json").write_text(json.dumps(c))
+    (remote / "custom.py").write_text(f"open({str(evidence)!r}, 'w').close()\n"
+                                      "from transformers import BertConfig, BertForSequenceClassification\n"
+                                      "class CustomConfig(BertConfig):\n    model_type = 'customarch'\n"
+                                      "class CustomModel(BertForSequenceClassification):\n    config_class = CustomConfig\n")
+    with pytest.raises(ValueError, match=r"(?s)contains custom code.*`trust_remote_code=True`"):
+        models.load_classifier(str(remote), ["a", "b"], step.trust_remote_code)
+    assert not evidence.exists()
 
 
 def test_pickle_weights_are_refused(tiny_model_dir, tmp_path):
@@ -52,8 +121,11 @@ def test_pickle_weights_are_refused(tiny_model_dir, tmp_path):
     m.config.save_pretrained(d)
     torch.save(m.state_dict(), d / "pytorch_model.bin")
     models.load_tokenizer(str(tiny_model_dir)).save_pretrained(d)
-    with pytest.raises(Exception):
+    with pytest.raises(config.ConfigError, match=r"^model\.source: key '.*pickled': cannot load model") as err:
         models.load_classifier(str(d), ["a", "b"])
+    assert err.value.key == str(d)
+    # refused because the weights are not safetensors (transformers' own error, kept as the context)
+    assert "model.safetensors" in str(err.value.__context__), repr(err.value.__context__)
 
 
 def test_malicious_checkpoint_pickle_is_not_executed(tiny_model_dir, tmp_path):

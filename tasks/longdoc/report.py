@@ -1,0 +1,34 @@
+"""The long-document report: mechanisms by length bucket, cost vs length, summarizers (markdown, via pandas)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tasks.longdoc import mechanisms, scaling
+
+
+def markdown(results: list[dict], scale_rows: list[dict], summaries: dict, buckets: list[int], window: int) -> str:
+    edges = [0, *buckets, None]
+    names = [mechanisms.bucket_name(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+    rows = []
+    for r in results:
+        if r["technique"] != "attention" or "eval/accuracy" not in r:
+            continue
+        row = {"mechanism": r["variant"], "accuracy": f"{r['eval/accuracy']:.4f}", "macro-F1": f"{r['eval/macro_f1']:.4f}"}
+        for n in names:  # macro-F1 in the bucket (documents in it)
+            row[n] = f"{r.get(f'eval/macro_f1_len_{n}', float('nan')):.3f} ({r.get(f'eval/num_docs_len_{n}', 0)})"
+        row["s/doc"] = f"{r['eval/seconds_per_doc']:.3f}"
+        rows.append(row)
+    out = ["# effilm long-document", "", "## Classification by document length (macro-F1; docs per bucket)", "",
+           pd.DataFrame(rows).to_markdown(index=False) if rows else "(no mechanism evaluated)", "",
+           f"## Cost vs length (batch 1, window {window})", "", scaling.table(scale_rows)]
+    if summaries:
+        table = pd.DataFrame([{"method": method, "ROUGE-1": round(res["metrics"]["eval/rouge1"], 4),
+                               "ROUGE-2": round(res["metrics"]["eval/rouge2"], 4),
+                               "ROUGE-L": round(res["metrics"]["eval/rougeL"], 4),
+                               "words": round(res["metrics"]["eval/summary_words"], 1),
+                               "s/doc": round(res["metrics"]["eval/seconds_per_doc"], 3)}
+                              for method, res in summaries["methods"].items()])
+        out += ["", f"## Summarization ({summaries['data']}; test docs: {summaries['num_test']})", "",
+                table.to_markdown(index=False)]
+    return "\n".join(out) + "\n"
