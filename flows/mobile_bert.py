@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -44,8 +43,8 @@ def record_variant(cfg, parent_run_id: str, data_info: dict, variant: str, techn
                      work_dir=work_dir(out, "bench", variant, *key, cfg.benchmark, code=benchmark))
         metrics = {**ev["metrics"], **bench["metrics"], **(extra_metrics or {})}
         if source_predictions:
-            metrics["eval/agreement_with_source"] = float(
-                np.mean(np.load(ev["artifacts"]["predictions"]) == np.load(source_predictions)))
+            metrics["eval/agreement_with_source"] = evaluate.agreement(ev["artifacts"]["predictions"],
+                                                                       source_predictions)
         tracking.log_metrics(run_id, metrics)
         for path in (*ev["artifacts"].values(), *bench["artifacts"].values()):
             tracking.log_artifact(run_id, path, "eval" if not path.endswith("benchmark.json") else "bench")

@@ -111,3 +111,8 @@ def evaluate(model_dir: str, data: dict, eval_cfg: EvaluateConfig | dict, work_d
 def evaluate_task(model_dir: str, data_info: dict, eval_cfg: EvaluateConfig, work: str, variant: str) -> dict:
     """Evaluate one variant (fans out on the task runner; ``pid`` tells which worker process ran it)."""
     return {**evaluate(model_dir, data_info, eval_cfg, work, variant), "pid": os.getpid()}
+
+
+def agreement(predictions: str, source_predictions: str) -> float:
+    """Share of test documents on which a variant predicts what its source predicts (two saved predictions files)."""
+    return float(np.mean(np.load(predictions) == np.load(source_predictions)))
