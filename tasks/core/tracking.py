@@ -81,6 +81,12 @@ def _transient(exc: BaseException) -> bool:
     return any(t in text for t in _TRANSIENT)
 
 
+def _pause(seconds: float) -> None:
+    """The retry policy's sleep. Its own name so a test can make the backoff instant without patching ``time.sleep``
+    for every thread in the process (Prefect's background services sleep too, and spin without it)."""
+    time.sleep(seconds)
+
+
 def _retrying(what: str):
     """tenacity policy for the store: transient errors only, exponential backoff with jitter, then re-raise."""
     from tenacity import (
@@ -98,7 +104,7 @@ def _retrying(what: str):
 
     return Retrying(retry=retry_if_exception(_transient), stop=stop_after_attempt(RETRIES + 1),
                     wait=wait_random_exponential(multiplier=0.25, max=4.0), reraise=True, before_sleep=warn,
-                    sleep=lambda s: time.sleep(s))
+                    sleep=lambda s: _pause(s))
 
 
 class _RetryingClient:

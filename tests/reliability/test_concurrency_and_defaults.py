@@ -36,7 +36,7 @@ def test_busy_store_message_says_what_to_do(tiny_model_dir, mlflow_uri, tmp_path
         raise locked
 
     monkeypatch.setattr(mlflow.MlflowClient, "create_run", create_run)
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    monkeypatch.setattr(tracking, "_pause", lambda s: None)
     code = main(["run", "mobile-bert", "--set", f"model.source={tiny_model_dir}", "--set", "model.max_length=64",
                  "--set", "benchmark.seq_len=32", "--set", f"output_dir={tmp_path / 'out'}",
                  "--set", "data.max_samples=60", "--set", "variants=[]"])
@@ -170,7 +170,7 @@ def test_two_flows_at_once_against_an_mlflow_server(tiny_model_dir, tmp_path):
                 assert "model/MLmodel" in {a.path for a in c.list_artifacts(r.info.run_id, "model")}
 
 def test_tracking_writes_retry_only_transient_store_errors(monkeypatch):
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    monkeypatch.setattr(tracking, "_pause", lambda s: None)
     calls = []
 
     class Store:
@@ -190,7 +190,7 @@ def test_tracking_writes_retry_only_transient_store_errors(monkeypatch):
 
 
 def test_creates_are_not_retried_blindly_but_after_looking_up_the_first_attempt(monkeypatch):
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    monkeypatch.setattr(tracking, "_pause", lambda s: None)
     store: list[str] = []
 
     class Server:
