@@ -2,35 +2,29 @@
 
     python benchmarks/long_attention.py [--lengths 512 1024 2048 4096] [--window 256] [--iters 3]   # 20+ min on 2 cores
     python benchmarks/long_attention.py --lengths 256 --mechanisms chunked-512 --iters 1 --results-dir /tmp/bench  # trial
+    python benchmarks/long_attention.py --device cuda --dtype bf16 --batch 1 4 \\
+        --lengths 1024 2048 4096 8192 16384 32768                            # GPU -> long_attention_gpu.{json,md}
 
-Same MiniLM-sized encoder for every mechanism (6 layers, 384 hidden, 12 heads x 32), batch 1, all cores, each
-(mechanism, length) in a fresh process (tasks/longdoc/scaling.py) so peak RSS is its own:
-full-long (SDPA full attention on the long-ified model), sliding-window (ours: blocked sliding window, 128 each
-side, + global [CLS]), hf-longformer (Hugging Face Longformer, attention_window 256), chunked-512, bigbird
-(Hugging Face block-sparse). Writes <results-dir>/long_attention.{json,md} and *_time.png / *_memory.png.
+Same MiniLM-sized encoder for every mechanism (6 layers, 384 hidden, 12 heads x 32), all cores, each (mechanism,
+length, batch) in a fresh process (tasks/longdoc/scaling.py) so its peak memory is its own (RSS on CPU,
+``max_memory_allocated`` on CUDA, CUDA-event time there): full-long (SDPA full attention on the long-ified model),
+sliding-window (ours, ``auto`` backend: 128 each side + global [CLS]; the row names the backend it used),
+hf-longformer (Hugging Face Longformer, attention_window 256), chunked-512, bigbird (Hugging Face block-sparse).
+Writes <results-dir>/long_attention[_gpu].{json,md} and *_time.png / *_memory.png.
 """
 
 from __future__ import annotations
 
 import sys
 
-from common import markdown_table, parser, write_results
+from common import parser, write_results
 
 from tasks.longdoc import scaling
 
 MECHANISMS = ["full-long", "sliding-window", "hf-longformer", "chunked-512", "bigbird"]
-
-
-def table(rows: list[dict]) -> str:
-    """One row per length, one "ms / MB" column per mechanism (an error cell where a measurement failed)."""
-    mechs = list(dict.fromkeys(r["mechanism"] for r in rows))
-    get = {(r["mechanism"], r["length"]): r for r in rows}
-
-    def cell(r: dict) -> str:
-        return f"{r['latency_ms']} / {r['peak_rss_mb']}" if "latency_ms" in r else f"error: {r.get('error', '?')[:60]}"
-
-    return markdown_table([{"length": n, **{f"{m} ms / MB": cell(get.get((m, n), {})) for m in mechs}}
-                           for n in sorted({r["length"] for r in rows})], disable_numparse=True)
+# the issue's targets: (length, speed-up over SDPA full, over HF Longformer); memory: ours <= factor x full's
+TARGETS = {"cpu": {"speedup": {4096: (1.8, 3.0)}, "memory_factor": 1.0, "no_slower_than_full": [512, 1024]},
+           "cuda": {"speedup": {16384: (1.5, 3.0), 32768: (5.0, None)}, "memory_factor": 1.5, "no_slower_than_full": []}}
 
 
 def main() -> int:
@@ -39,35 +33,67 @@ def main() -> int:
     ap.add_argument("--mechanisms", nargs="+", default=MECHANISMS)
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default: fp32 on CPU, bf16 on CUDA")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1])
     a = ap.parse_args()
+    dtype = a.dtype or ("bf16" if a.device == "cuda" else "fp32")
     rows = []
-    for n in a.lengths:
-        for m in a.mechanisms:
-            rows.append(scaling.measure(m, n, a.window, a.iters))
-            print(rows[-1], flush=True)
+    for batch in a.batch:
+        for n in a.lengths:
+            for m in a.mechanisms:
+                rows.append({**scaling.measure(m, n, a.window, a.iters, device=a.device, dtype=dtype, batch=batch),
+                             "batch": batch})
+                print(rows[-1], flush=True)
+    name = "long_attention" + ("_gpu" if a.device == "cuda" else "")
     out = a.results_dir
     out.mkdir(parents=True, exist_ok=True)
-    scaling.plot(rows, "latency_ms", "forward latency (ms)", out / "long_attention_time.png")
-    scaling.plot(rows, "peak_rss_mb", "peak RSS of the process (MB)", out / "long_attention_memory.png")
-    get = {(r["mechanism"], r["length"]): r for r in rows}
+    first = [r for r in rows if r["batch"] == a.batch[0]]
+    memory = "peak CUDA memory allocated (MB)" if a.device == "cuda" else "peak RSS of the process (MB)"
+    scaling.plot(first, "latency_ms", f"forward latency (ms), batch {a.batch[0]}", out / f"{name}_time.png")
+    scaling.plot([{**r, "peak_mb": scaling.peak_mb(r)} for r in first], "peak_mb", memory, out / f"{name}_memory.png")
+    target = TARGETS[a.device]
+    md = [(f"Device {a.device}, {dtype}, median of {a.iters} timed forwards after one warm-up; each cell in its own "
+           f"process; cells are `ms / MB` ({memory})."), ""]
     checks = {}
-    for n in a.lengths:
-        ours, full, hf = (get.get((m, n), {}) for m in ("sliding-window", "full-long", "hf-longformer"))
-        if "latency_ms" in ours and "latency_ms" in full:
-            checks[n] = {"speedup_vs_full": round(full["latency_ms"] / ours["latency_ms"], 2),
-                         "speedup_vs_hf_longformer": round(hf["latency_ms"] / ours["latency_ms"], 2) if "latency_ms" in hf else None,
-                         "memory_ours_mb": ours["peak_rss_mb"], "memory_full_mb": full["peak_rss_mb"]}
-    md = ["Batch 1, all cores, median of the timed forwards after one warm-up; each cell in its own process.", "",
-          table(rows), "", "Ours (sliding-window) against the others:", ""]
-    md += [f"- {n} tokens: " + ", ".join(f"{k}={v}" for k, v in c.items()) for n, c in checks.items()]
-    if 4096 in checks:
-        c = checks[4096]
-        md += ["", f"Targets at 4096 tokens: >= 3x faster than HF Longformer -> {c['speedup_vs_hf_longformer']}x; "
-               f">= 1.8x faster than SDPA full -> {c['speedup_vs_full']}x; peak memory no higher than full -> "
-               f"{c['memory_ours_mb']} vs {c['memory_full_mb']} MB. Faster than full from 2048 on -> "
-               f"{all(checks[n]['speedup_vs_full'] > 1 for n in checks if n >= 2048)}."]
-    md += ["", "![time](long_attention_time.png) ![memory](long_attention_memory.png)"]
-    write_results("long_attention", {"window": a.window, "rows": rows, "checks": checks}, "\n".join(md), out)
+    for batch in a.batch:
+        sel = [r for r in rows if r["batch"] == batch]
+        get = {(r["mechanism"], r["length"]): r for r in sel}
+        md += [f"### batch {batch}", "", scaling.table(sel), ""]
+        for n in a.lengths:
+            ours, full, hf = (get.get((m, n), {}) for m in ("sliding-window", "full-long", "hf-longformer"))
+            if "latency_ms" in ours and "latency_ms" in full:
+                checks[f"b{batch}_{n}"] = c = {
+                    "backend": ours.get("attention_backend"),
+                    "speedup_vs_full": round(full["latency_ms"] / ours["latency_ms"], 2),
+                    "speedup_vs_hf_longformer": round(hf["latency_ms"] / ours["latency_ms"], 2) if "latency_ms" in hf else None,
+                    "memory_ours_mb": scaling.peak_mb(ours), "memory_full_mb": scaling.peak_mb(full)}
+                md.append(f"- {n} tokens: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+        md.append("")
+    verdicts = []
+    for n, (vs_full, vs_hf) in target["speedup"].items():
+        c = checks.get(f"b1_{n}")
+        if not c:
+            verdicts.append(f"- {n} tokens: not measured")
+            continue
+        ok_full = c["speedup_vs_full"] >= vs_full
+        line = f"- {n} tokens: >= {vs_full}x faster than SDPA full -> {c['speedup_vs_full']}x ({'met' if ok_full else 'MISSED'})"
+        if vs_hf and c["speedup_vs_hf_longformer"] is not None:
+            ok = c["speedup_vs_hf_longformer"] >= vs_hf
+            line += f"; >= {vs_hf}x faster than HF Longformer -> {c['speedup_vs_hf_longformer']}x ({'met' if ok else 'MISSED'})"
+        ok_mem = c["memory_ours_mb"] <= target["memory_factor"] * c["memory_full_mb"]
+        line += (f"; peak memory <= {target['memory_factor']}x full's -> {c['memory_ours_mb']} vs {c['memory_full_mb']} MB "
+                 f"({'met' if ok_mem else 'MISSED'})")
+        verdicts.append(line)
+    for n in target["no_slower_than_full"]:
+        c = checks.get(f"b1_{n}")
+        if c:
+            ok = c["speedup_vs_full"] >= 1.0
+            verdicts.append(f"- {n} tokens: no slower than full -> {c['speedup_vs_full']}x with backend {c['backend']} "
+                            f"({'met' if ok else 'MISSED (within run-to-run spread if >= 0.9)'})")
+    md += ["Targets (batch 1):", "", *verdicts, "", f"![time]({name}_time.png) ![memory]({name}_memory.png)"]
+    write_results(name, {"window": a.window, "device": a.device, "dtype": dtype, "rows": rows, "checks": checks},
+                  "\n".join(md), out)
     print("\n".join(md))
     return 0
 

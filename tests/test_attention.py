@@ -7,9 +7,9 @@ from tasks.longdoc import attention, longify
 from tests.conftest import make_tiny_model
 
 
-@pytest.mark.parametrize("backend", ["blocked", "flex"])
+@pytest.mark.parametrize("backend", ["blocked", "flex", "dense"])
 @pytest.mark.parametrize("n, w, n_global, pad", [(37, 4, 0, 0), (64, 8, 1, 0), (50, 8, 3, 7), (16, 16, 1, 0), (9, 4, 2, 2),
-                                                 (700, 32, 2, 30)])
+                                                 (700, 32, 2, 30), (1000, 200, 2, 100), (1300, 300, 1, 0)])
 def test_sliding_matches_reference(n, w, n_global, pad, backend):
     torch.manual_seed(n + w)
     b, h, d = 2, 3, 8
@@ -53,3 +53,90 @@ def test_longified_model_matches_source_on_short_inputs(tmp_path):
         # and it runs far past the source model's 512 positions
         big = torch.randint(1000, 2000, (1, 1500))
         assert long(big).shape == (1, 3)
+
+
+def test_many_lengths_one_process_no_recompile_fallback():
+    """14 distinct lengths through FlexAttention in one process: every one compiled (never dynamo's recompile-limit
+    fallback to eager dense attention: fullgraph=True would raise), at most one compile per padded shape, and each
+    result equal to the dense reference."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    lengths = [1030 + 97 * i for i in range(14)]
+    before = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        for n in lengths:
+            q, k, v = (torch.randn(1, 2, n, 8) for _ in range(3))
+            glob = torch.zeros(1, n, dtype=torch.bool)
+            glob[:, 0] = True
+            ours = attention.sliding_window_attention(q, k, v, 64, None, glob, backend="flex")
+            assert torch.allclose(ours, attention.reference_attention(q, k, v, 64, None, glob), atol=1e-5), n
+    shapes = {attention._padded(n, "cpu") for n in lengths}
+    assert len(shapes) < len(lengths)  # buckets are shared: fewer compiles than lengths
+    assert counters["stats"]["unique_graphs"] - before <= len(shapes)
+    assert not counters["graph_break"]
+
+
+def test_training_after_evaluation_in_one_process(tmp_path):
+    """A forward under inference_mode, then training steps in the same process (no mask made under inference_mode
+    may reach autograd), with every backend; gradients reach the global projections. On CPU ``auto`` evaluates
+    with FlexAttention and trains with ``blocked`` (FlexAttention has no CPU backward); asking for flex to train
+    on CPU is a clear error."""
+    src = make_tiny_model(tmp_path / "m", num_labels=3)
+    ids = torch.randint(1000, 2000, (2, 1100))
+    flex = "flex" if attention.flex_available() else "blocked"
+    for backend, evaluated, trained in (("auto", flex, "blocked"), ("blocked", "blocked", "blocked"),
+                                        ("dense", "dense", "dense")):
+        long = longify.longify(str(src), max_positions=2048, attention_window=64, backend=backend)
+        with torch.inference_mode():
+            long(ids)
+        assert long.last_backend == evaluated
+        long.train()
+        loss = torch.nn.functional.cross_entropy(long(ids), torch.tensor([0, 2]))
+        loss.backward()
+        assert long.last_backend == trained
+        g = long.layers[0].attention.self.query_global.weight.grad
+        assert g is not None and g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_close_to_reference(dtype):
+    torch.manual_seed(1)
+    n = 1200
+    q, k, v = (torch.randn(1, 2, n, 16) for _ in range(3))
+    glob = torch.zeros(1, n, dtype=torch.bool)
+    glob[:, 0] = True
+    ref = attention.reference_attention(q, k, v, 64, None, glob)
+    with torch.inference_mode():
+        for backend in ("flex", "blocked", "dense"):
+            ours = attention.sliding_window_attention(*(x.to(dtype) for x in (q, k, v)), 64, None, glob, backend=backend)
+            assert ours.dtype == dtype and (ours.float() - ref).abs().max() < 0.05, backend
+
+
+def test_auto_picks_dense_for_short_and_flex_for_long_and_says_so(caplog):
+    import logging
+
+    attention._SAID.clear()
+    with caplog.at_level(logging.INFO, logger="tasks.longdoc.attention"):
+        short = attention.plan(None, None, 64, (1, 300), "cpu")
+        long = attention.plan(None, None, 64, (1, 3000), "cpu", grad=False)
+    assert short.backend == "dense" and short.block_mask is None and short.dense_mask.shape == (1, 1, 300, 300)
+    assert long.backend == ("flex" if attention.flex_available() else "blocked")
+    assert "backend dense (asked: auto)" in caplog.text
+    with pytest.raises(ValueError, match="expected one of auto, dense, flex, blocked"):
+        attention.plan(None, None, 64, (1, 30), "cpu", "sparse")
+    with pytest.raises(ValueError, match="'flex' cannot train on CPU"):
+        attention.plan(None, None, 64, (1, 3000), "cpu", "flex", grad=True)
+
+
+def test_flex_block_mask_is_block_sparse_not_dense():
+    """The band's block mask holds O(n/128) tiles per row: at 16k tokens with w=128, at most 4 tiles per query tile
+    (3 band tiles + the [CLS] tile), and no n x n tensor is built."""
+    n = 16384
+    glob = torch.zeros(1, n, dtype=torch.bool)
+    glob[:, 0] = True
+    p = attention.plan(None, glob, 128, (1, n), "cpu", "flex", grad=False)
+    bm = p.block_mask
+    per_row = bm.kv_num_blocks + bm.full_kv_num_blocks
+    assert bm.seq_lengths == (n, n)  # 16,384 is a bucket: no padding
+    assert int(per_row.max()) <= 4 and bm.kv_indices.numel() <= (n // 128) ** 2

@@ -8,7 +8,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoTokenizer
 
 from tasks.core import models
-from tasks.longdoc import longify, mechanisms, scaling_probe, summarize
+from tasks.longdoc import attention, longify, mechanisms, scaling_probe, summarize
 from tests.conftest import make_tiny_model
 
 LONG = {"max_positions": 2048, "attention_window": 32, "max_tokens": 2048}
@@ -46,15 +46,21 @@ def test_each_mechanism_classifies_a_long_document(tiny_cls, mech):
 
 @pytest.mark.parametrize("mech", ["full-long", "sliding-window", "hf-longformer", "chunked-512", "bigbird"])
 def test_each_mechanism_forward_for_scaling(tiny_cls, mech):
-    fn = scaling_probe.build(mech, 1024, 64, tiny_cls)
+    fn, backend = scaling_probe.build(mech, 1024, 64, tiny_cls)
     with torch.no_grad():
         assert torch.isfinite(fn()).all()
+    # the row names the implementation that ran: 1,024 tokens is short enough for dense masked SDPA on CPU
+    assert backend() == {"full-long": "sdpa-full", "sliding-window": "dense", "hf-longformer": "hf",
+                         "chunked-512": "sdpa", "bigbird": "hf"}[mech]
 
 
 def test_bucketed_evaluation(tiny_cls):
     texts = ["short text"] * 2 + ["word " * 700] * 2 + ["word " * 1500]
     res = mechanisms.evaluate_by_length("sliding-window", tiny_cls, texts, [0, 1, 2, 0, 1], ["a", "b", "c"], LONG, [512, 1024])
     m = res["metrics"]
+    # which attention implementation served each document: dense up to 1,024 tokens, then FlexAttention
+    long_backend = "flex" if attention.flex_available() else "blocked"
+    assert m["eval/num_docs_attention_dense"] == 4 and m[f"eval/num_docs_attention_{long_backend}"] == 1
     assert m["eval/num_docs_len_0_512"] == 2 and m["eval/num_docs_len_512_1024"] == 2 and m["eval/num_docs_len_1024_plus"] == 1
     # lengths are untruncated token counts with [CLS]/[SEP], counted here with the model's own tokenizer
     tok = AutoTokenizer.from_pretrained(tiny_cls)

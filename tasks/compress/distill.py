@@ -29,6 +29,8 @@ def make_loss(teacher, temperature: float, alpha: float, hidden_mse: float, laye
 
     def loss_fn(student, batch, idx):
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if next(teacher.parameters()).device != batch["input_ids"].device:  # the teacher lives where the student trains
+            teacher.to(batch["input_ids"].device)
         want_hidden = hidden_mse > 0 and layer_map is not None
         with torch.no_grad():
             t_out = teacher(**inputs, output_hidden_states=want_hidden)

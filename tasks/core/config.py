@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -74,6 +75,19 @@ class ModelConfig(Strict):
     revision: str | None = None
 
 
+def _device_here(name: str) -> str:
+    if name == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"cuda asked for, but this torch ({torch.__version__}) sees no CUDA device: use auto "
+                             "(CUDA when present, else CPU) or cpu")
+    return name
+
+
+Device = Annotated[Literal["auto", "cpu", "cuda"], AfterValidator(_device_here)]
+
+
 class TrainConfig(Strict):
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(16, ge=1)
@@ -83,12 +97,15 @@ class TrainConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between resumable checkpoints")
     max_steps: int | None = Field(None, ge=1)
-    device: str = Field("auto", description="auto | cpu | cuda")
+    device: Device = Field("auto", description="where training runs (auto: CUDA when present)")
     nproc_per_node: int = Field(1, ge=1, le=64, description="> 1: fine-tune/distill under torchrun + DDP (gloo on CPU, NCCL on GPU)")
 
 
 class EvaluateConfig(Strict):
     batch_size: int = Field(64, ge=1)
+    device: Device = Field(
+        "auto", description="where eager PyTorch variants are evaluated (auto: CUDA when present); int8 and "
+        "ExecuTorch variants run on CPU, ONNX on CUDA only with onnxruntime-gpu. Latency benchmarks stay CPU.")
 
 
 class BenchmarkConfig(Strict):
@@ -330,6 +347,14 @@ class LongConfig(Strict):
     max_positions: int = Field(4096, ge=512, le=65536)
     attention_window: int = Field(256, ge=16, description="both sides together, as Longformer's attention_window")
     max_tokens: int = Field(4096, ge=128, description="documents are cut to this many tokens by long mechanisms")
+    device: Device = Field(
+        "auto", description="where the long-document mechanisms and the summarization encoder run (auto: CUDA when "
+        "present); the scaling benchmark's device is its own (scaling.device)")
+    autocast_bf16: bool = Field(True, description="bf16 autocast for long-document inference on CUDA devices that "
+                                "support it (ignored on CPU)")
+    attention_backend: Literal["auto", "dense", "flex", "blocked"] = Field(
+        "auto", description="how sliding-window attention is computed (tasks/longdoc/attention.py); auto: dense "
+        "masked SDPA for short inputs, compiled FlexAttention for long ones, blocked where FlexAttention cannot run")
 
     @model_validator(mode="after")
     def _check(self) -> "LongConfig":

@@ -62,7 +62,9 @@ def _save_checkpoint(model, tokenizer, optimizer, scheduler, step: int, ckpt: Pa
     tokenizer.save_pretrained(tmp)
     torch.save(
         {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-         "torch_rng": torch.get_rng_state(), **extra},
+         "torch_rng": torch.get_rng_state(),
+         # every GPU's generator too, so a resumed GPU run draws what an uninterrupted one would
+         **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}), **extra},
         tmp / STATE_FILE,
     )
     old = ckpt.with_name(ckpt.name + ".old")
@@ -130,6 +132,8 @@ def train_loop(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         step = resumed_from = int(state["step"])
         losses = [tuple(x) for x in state.get("losses", [])]
         log.info("resuming %s from checkpoint at step %d/%d (%s)", desc, step, total, ckpt)

@@ -5,26 +5,58 @@ Pattern (Longformer): token i attends to every j with |i - j| <= w (w = one-side
 and to every global token; a global token attends to all tokens (with its own q/k/v projections). Global keys are
 left out of the local band so they are not counted twice, as in Hugging Face's Longformer.
 
-Two implementations of the local part, chosen by ``backend``:
+Three ways to compute the local part, chosen once per forward pass by :func:`plan` (``backend``):
 
-* ``flex`` — PyTorch FlexAttention compiled with ``torch.compile`` and a block-sparse mask: only the key blocks
-  inside the band (and the global columns) are computed. Sequences are padded to a multiple of 512 so a handful of
-  compiled shapes serve every length; block masks are cached. Used from 1024 tokens on (``auto``).
-* ``blocked`` — no compiler needed: the sequence is cut into blocks of w queries; each block attends to the 3w
-  keys of its own and the two neighbouring blocks plus the G global keys, O(n · (3w + G)), in one batched
-  ``scaled_dot_product_attention`` call with a boolean band mask.
+* ``dense`` — the same pattern as one SDPA call with an n x n boolean mask. O(n²), but for short inputs the
+  fastest: below :data:`DENSE_MAX_TOKENS` (measured, ``benchmarks/long_attention.py``) ``auto`` picks it.
+* ``flex`` — PyTorch FlexAttention under ``torch.compile``, never dynamo's silent recompile-limit fallback to eager
+  dense attention: on CUDA one ``dynamic=True`` kernel serves every length; on CPU, where inductor's FlexAttention
+  template cannot be compiled with dynamic shapes (torch 2.13: C++ compile error), lengths are padded to a declared
+  set of buckets (:data:`CPU_BUCKETS`, at most 25 % padding) and the compiled function's recompile limit
+  covers them. Its block mask is built in closed form from the band (``BlockMask.from_kv_blocks``): O((n/128)²) block
+  indices, never the dense n x n mask; tiles wholly inside the band with no padding or global key skip the mask
+  function.
+* ``blocked`` — no compiler needed (used when FlexAttention or a compiler is missing): the sequence is cut into
+  blocks of w queries; each block attends to the 3w keys of its own and the two neighbouring blocks plus the G
+  global keys, O(n · (3w + G)), in one batched ``scaled_dot_product_attention`` call with a boolean band mask.
 
-Global tokens' own rows (full attention with the global projections) are computed separately in both cases.
+Global tokens' own rows (full attention with the global projections) are computed separately in every case.
+A :class:`Plan` holds what every layer of one forward pass shares (the choice, the masks, the global positions), so
+the masks are built once per forward, nothing is cached across calls (a mask made under ``inference_mode`` is never
+reused in training) and the only host sync is reading the number of global tokens, once per forward.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
-from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "dense", "flex", "blocked")
+# Below this many tokens ``auto`` computes the band with one dense masked SDPA call: on 2 CPU cores at 1,024 tokens it
+# was faster than FlexAttention (benchmarks/results/long_attention.md); on CUDA dense masked SDPA stays cheap longer.
+DENSE_MAX_TOKENS = {"cpu": 1024, "cuda": 2048}
+FLEX_BLOCK = 128  # FlexAttention's tile; sequences are padded to a multiple of it
+
+
+def _buckets(lo: int = 1024, hi: int = 1 << 17) -> tuple[int, ...]:
+    """Powers of two and three quarter-steps between them (1024, 1280, 1536, 1792, 2048, 2560, ...): at most 25 %
+    padding, and the usual lengths (4,096, 8,192, ...) exactly."""
+    out, base = [], lo
+    while base < hi:
+        out += [base * m // 4 for m in (4, 5, 6, 7)]
+        base *= 2
+    return tuple(out + [hi])
+
+
+CPU_BUCKETS = _buckets()  # padded lengths FlexAttention is compiled for on CPU (1,024 ... 131,072: 29 shapes)
+_FLEX: dict = {}
+_SAID: set = set()
 
 
 def band_mask(w: int, device=None) -> torch.Tensor:
@@ -34,115 +66,203 @@ def band_mask(w: int, device=None) -> torch.Tensor:
     return (j - w - i).abs() <= w
 
 
-_FLEX: dict = {}
-_MASKS: OrderedDict = OrderedDict()
-FLEX_MIN_TOKENS = 1024
-PAD_MULTIPLE = 512
+def flex_available() -> bool:
+    """FlexAttention is importable and torch.compile can build a kernel here (a C++ compiler on CPU, triton on CUDA)."""
+    if "ok" not in _FLEX:
+        try:
+            from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+
+            _FLEX["ok"] = True
+        except ImportError:
+            _FLEX["ok"] = False
+    return _FLEX["ok"]
 
 
-def _flex_available() -> bool:
-    try:
-        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
-
-        return True
-    except ImportError:
-        return False
-
-
-def _choose(backend: str, n: int) -> str:
+def choose(backend: str, n: int, device: torch.device | str, grad: bool = False) -> str:
+    """The backend one forward pass uses: ``backend`` unless ``auto`` (or overridden by EFFILM_ATTENTION_BACKEND).
+    FlexAttention has no backward on CPU (torch 2.13), so training there uses ``blocked``."""
     backend = os.environ.get("EFFILM_ATTENTION_BACKEND", backend)
-    if backend == "auto":
-        return "flex" if n >= FLEX_MIN_TOKENS and _flex_available() else "blocked"
-    return backend
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    dev = torch.device(device).type
+    if backend == "flex" and grad and dev == "cpu":
+        raise ValueError("attention backend 'flex' cannot train on CPU (FlexAttention has no CPU backward in torch "
+                         f"{torch.__version__}): use 'auto' or 'blocked'")
+    if backend != "auto":
+        return backend
+    if n <= DENSE_MAX_TOKENS.get(dev, 1024):
+        return "dense"
+    return "flex" if flex_available() and not (grad and dev == "cpu") else "blocked"
 
 
-def _flex_local(q, k, v, w: int, keep: torch.Tensor, glob: torch.Tensor, scale) -> torch.Tensor:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+@dataclass
+class Plan:
+    """What every attention layer of one forward pass shares (built by :func:`plan`)."""
 
-    if "fn" not in _FLEX:
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    b, h, n, d = q.shape
-    n_pad = -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
-    pad = n_pad - n
+    backend: str
+    window: int
+    n: int
+    keep: torch.Tensor  # (b, n) bool, real tokens
+    glob: torch.Tensor  # (b, n) bool, global tokens (real ones only)
+    n_glob: int  # most global tokens in any row
+    order: torch.Tensor | None = None  # (b, G) positions of each row's global tokens (padded with non-global ones)
+    g_valid: torch.Tensor | None = None  # (b, G) which of ``order`` are global
+    dense_mask: torch.Tensor | None = None  # (b, 1, n, n) for ``dense``
+    block_mask: object | None = None  # FlexAttention BlockMask for ``flex``
+
+
+def plan(key_padding: torch.Tensor | None, global_mask: torch.Tensor | None, window: int, shape: tuple[int, int],
+         device, backend: str = "auto", grad: bool | None = None) -> Plan:
+    """Build the shared masks once. ``shape``: (b, n). ``window``: one-sided w. ``grad``: a backward pass will follow
+    (FlexAttention then also needs the transposed block index; default: ``torch.is_grad_enabled()``)."""
+    b, n = shape
+    keep = torch.ones(b, n, dtype=torch.bool, device=device) if key_padding is None else key_padding.bool()
+    glob = torch.zeros(b, n, dtype=torch.bool, device=device) if global_mask is None else global_mask.bool() & keep
+    n_glob = int(glob.sum(1).max()) if n else 0  # the one host sync of a forward pass
+    grad = torch.is_grad_enabled() if grad is None else grad
+    chosen = choose(backend, n, device, grad)
+    if (chosen, backend) not in _SAID:
+        _SAID.add((chosen, backend))
+        log.info("sliding-window attention: backend %s (asked: %s) from %d tokens on %s", chosen, backend, n,
+                 torch.device(device).type)
+    p = Plan(chosen, window, n, keep, glob, n_glob)
+    if n_glob:
+        p.order = torch.argsort((~glob).to(torch.int8), dim=1, stable=True)[:, :n_glob]  # global positions first
+        p.g_valid = torch.gather(glob, 1, p.order)
+    if chosen == "dense":
+        pos = torch.arange(n, device=device)
+        band = (pos[:, None] - pos[None, :]).abs() <= window
+        p.dense_mask = ((band[None] & ~glob[:, None, :] | glob[:, None, :]) & keep[:, None, :])[:, None]
+    elif chosen == "flex":
+        p.block_mask = _band_block_mask(keep, glob, window, grad)
+    return p
+
+
+def _band_block_mask(keep: torch.Tensor, glob: torch.Tensor, w: int, grad: bool):
+    """The band + global-column block mask in closed form: which 128 x 128 tiles hold any visible pair (partial: the
+    mask function decides per element) and which hold only visible pairs (full: computed without it)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    b, n = keep.shape
+    B = FLEX_BLOCK
+    n_pad = _padded(n, keep.device)
+    keep_p, glob_p = F.pad(keep, (0, n_pad - n), value=False), F.pad(glob, (0, n_pad - n), value=False)
+    nb = n_pad // B
+    blk = torch.arange(nb, device=keep.device)
+    dist = (blk[:, None] - blk[None, :]).abs()  # (nb, nb) block distance
+    band_any = (dist == 0) | ((dist - 1) * B + 1 <= w)  # the closest pair of the two tiles is inside the band
+    band_all = dist * B + B - 1 <= w  # the farthest pair is
+    kb, gb = keep_p.view(b, nb, B), glob_p.view(b, nb, B)
+    keep_any, keep_all, glob_any = kb.any(-1), kb.all(-1), gb.any(-1)  # (b, nb) per key tile
+    some = (band_any[None] & keep_any[:, None, :]) | glob_any[:, None, :]  # (b, nq, nk)
+    full = band_all[None] & keep_all[:, None, :] & ~glob_any[:, None, :]
+    partial = some & ~full
+
+    def sparse(m: torch.Tensor):
+        num = m.sum(-1, dtype=torch.int32)[:, None]  # (b, 1, nq)
+        idx = torch.argsort((~m).to(torch.int8), dim=-1, stable=True).to(torch.int32)[:, None]  # listed tiles first
+        return num, idx
+
+    def mask_mod(bi, hi, qi, ki):
+        return keep_p[bi, ki] & ((((qi - ki).abs() <= w) & ~glob_p[bi, ki]) | glob_p[bi, ki])
+
+    (kv_num, kv_idx), (full_num, full_idx) = sparse(partial), sparse(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=B, mask_mod=mask_mod,
+                                    seq_lengths=(n_pad, n_pad), compute_q_blocks=grad)
+
+
+def _padded(n: int, device) -> int:
+    """The length FlexAttention computes: a multiple of its tile on CUDA, the next declared bucket on CPU."""
+    if torch.device(device).type != "cpu":
+        return -(-n // FLEX_BLOCK) * FLEX_BLOCK
+    for size in CPU_BUCKETS:
+        if size >= n:
+            return size
+    return -(-n // CPU_BUCKETS[-1]) * CPU_BUCKETS[-1]
+
+
+def _flex_fn(device) -> object:
+    kind = torch.device(device).type
+    if kind not in _FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        # fullgraph=True: hitting the recompile limit raises instead of silently running flex_attention eagerly
+        # (dense n x n scores, 10x slower)
+        if kind == "cpu":  # one compile per bucket (and per dtype / grad mode): the limit covers them all
+            _FLEX[kind] = torch.compile(flex_attention, dynamic=False, fullgraph=True,
+                                        recompile_limit=4 * len(CPU_BUCKETS))
+        else:  # one kernel for every length (measured on an H100: 14 lengths, one compile)
+            _FLEX[kind] = torch.compile(flex_attention, dynamic=True, fullgraph=True)
+    return _FLEX[kind]
+
+
+def _flex_local(q, k, v, p: Plan, scale) -> torch.Tensor:
+    n = q.shape[2]
+    pad = p.block_mask.seq_lengths[0] - n
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-        keep, glob = F.pad(keep, (0, pad), value=False), F.pad(glob, (0, pad), value=False)
-    key = (n_pad, w, b, str(q.device), hashlib.sha1(keep.cpu().numpy().tobytes() + glob.cpu().numpy().tobytes()).hexdigest())
-    block_mask = _MASKS.get(key)
-    if block_mask is None:
-        def mask_mod(bi, hi, qi, ki):
-            return keep[bi, ki] & ((((qi - ki).abs() <= w) & ~glob[bi, ki]) | glob[bi, ki])
-
-        block_mask = create_block_mask(mask_mod, b, None, n_pad, n_pad, device=q.device)
-        _MASKS[key] = block_mask
-        while len(_MASKS) > 32:
-            _MASKS.popitem(last=False)
-    else:
-        _MASKS.move_to_end(key)
-    return _FLEX["fn"](q.contiguous(), k.contiguous(), v.contiguous(), block_mask=block_mask, scale=scale)[:, :, :n]
+    return _flex_fn(q.device)(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=p.block_mask, scale=scale)[:, :, :n]
 
 
 def sliding_window_attention(q, k, v, window: int, key_padding: torch.Tensor | None = None,
                              global_mask: torch.Tensor | None = None, global_qkv: tuple | None = None,
-                             scale: float | None = None, backend: str = "auto") -> torch.Tensor:
+                             scale: float | None = None, backend: str = "auto", plan_: Plan | None = None) -> torch.Tensor:
     """q, k, v: (b, h, n, d). ``key_padding``: (b, n) bool, True = real token. ``global_mask``: (b, n) bool.
     ``global_qkv``: (q_g, k_g, v_g) projections (b, h, n, d) used for the global tokens' own rows.
-    ``backend``: auto | flex | blocked. Returns (b, h, n, d)."""
-    b, h, n, d = q.shape
-    w = window
-    dev = q.device
-    keep = torch.ones(b, n, dtype=torch.bool, device=dev) if key_padding is None else key_padding.bool()
-    glob = torch.zeros(b, n, dtype=torch.bool, device=dev) if global_mask is None else global_mask.bool() & keep
-    if _choose(backend, n) == "flex":
-        out = _flex_local(q, k, v, w, keep, glob, scale)
+    ``backend``: auto | dense | flex | blocked. ``plan_``: a :class:`Plan` shared by the layers of one forward pass
+    (built here when not given). Returns (b, h, n, d)."""
+    b, n = q.shape[0], q.shape[2]
+    p = plan_ or plan(key_padding, global_mask, window, (b, n), q.device, backend,
+                      grad=torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)))
+    if p.backend == "dense":
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=p.dense_mask, scale=scale)
+    elif p.backend == "flex":
+        out = _flex_local(q, k, v, p, scale)
     else:
-        out = _blocked_local(q, k, v, w, keep, glob, scale)
-    return _global_rows(out, q, k, v, keep, glob, global_qkv, scale)
+        out = _blocked_local(q, k, v, p, scale)
+    return _global_rows(out, q, k, v, p, global_qkv, scale)
 
 
-def _blocked_local(q, k, v, w: int, keep: torch.Tensor, glob: torch.Tensor, scale) -> torch.Tensor:
+def _blocked_local(q, k, v, p: Plan, scale) -> torch.Tensor:
     b, h, n, d = q.shape
+    w = p.window
     nb = -(-n // w)
     pad = nb * w - n
     dev = q.device
 
     # local keys: real, and not global (global keys are added separately below)
-    local_ok = keep & ~glob
+    local_ok = p.keep & ~p.glob
     qp = F.pad(q, (0, 0, 0, pad)).view(b, h, nb, w, d)
     kp = F.pad(k, (0, 0, w, w + pad)).unfold(2, 3 * w, w).transpose(-1, -2)  # (b, h, nb, 3w, d)
     vp = F.pad(v, (0, 0, w, w + pad)).unfold(2, 3 * w, w).transpose(-1, -2)
     ok = F.pad(local_ok, (w, w + pad), value=False).unfold(1, 3 * w, w)  # (b, nb, 3w)
     mask = band_mask(w, dev)[None, None] & ok[:, :, None, :]  # (b, nb, w, 3w)
 
-    n_glob = int(glob.sum(1).max()) if glob.any() else 0
-    if n_glob:
-        # gather each row's global positions (padded to the max count) and append them as extra keys
-        order = torch.argsort((~glob).to(torch.int8), dim=1, stable=True)[:, :n_glob]  # global positions first
-        g_valid = torch.gather(glob, 1, order)  # (b, G)
-        idx = order[:, None, :, None].expand(b, h, n_glob, d)
+    if p.n_glob:
+        # each row's global keys (padded to the max count) appended as extra keys of every block
+        g = p.n_glob
+        idx = p.order[:, None, :, None].expand(b, h, g, d)
         gk, gv = torch.gather(k, 2, idx), torch.gather(v, 2, idx)  # (b, h, G, d)
-        kp = torch.cat([kp, gk[:, :, None].expand(b, h, nb, n_glob, d)], dim=3)
-        vp = torch.cat([vp, gv[:, :, None].expand(b, h, nb, n_glob, d)], dim=3)
-        mask = torch.cat([mask, g_valid[:, None, None, :].expand(b, nb, w, n_glob)], dim=3)
+        kp = torch.cat([kp, gk[:, :, None].expand(b, h, nb, g, d)], dim=3)
+        vp = torch.cat([vp, gv[:, :, None].expand(b, h, nb, g, d)], dim=3)
+        mask = torch.cat([mask, p.g_valid[:, None, None, :].expand(b, nb, w, g)], dim=3)
 
     out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask[:, None], scale=scale)
     # padded query rows have no visible key -> NaN; they are cut off here
     return out.reshape(b, h, nb * w, d)[:, :, :n]
 
 
-def _global_rows(out, q, k, v, keep, glob, global_qkv, scale) -> torch.Tensor:
+def _global_rows(out, q, k, v, p: Plan, global_qkv, scale) -> torch.Tensor:
     """Global tokens attend to every token with the global projections; their rows replace the local ones."""
+    if not p.n_glob:
+        return out
     b, h, n, d = q.shape
-    n_glob = int(glob.sum(1).max()) if glob.any() else 0
-    if n_glob:
-        order = torch.argsort((~glob).to(torch.int8), dim=1, stable=True)[:, :n_glob]
-        g_valid = torch.gather(glob, 1, order)
-        qg, kg, vg = global_qkv if global_qkv is not None else (q, k, v)
-        idx = order[:, None, :, None].expand(b, h, n_glob, d)
-        g_rows = F.scaled_dot_product_attention(torch.gather(qg, 2, idx), kg, vg, attn_mask=keep[:, None, None, :], scale=scale)
-        valid = g_valid[:, None, :, None].expand(b, h, n_glob, d)
-        out = out.scatter(2, idx, torch.where(valid, g_rows, torch.gather(out, 2, idx)))
-    return out
+    qg, kg, vg = global_qkv if global_qkv is not None else (q, k, v)
+    idx = p.order[:, None, :, None].expand(b, h, p.n_glob, d)
+    g_rows = F.scaled_dot_product_attention(torch.gather(qg, 2, idx), kg, vg, attn_mask=p.keep[:, None, None, :],
+                                            scale=scale)
+    valid = p.g_valid[:, None, :, None].expand(b, h, p.n_glob, d)
+    return out.scatter(2, idx, torch.where(valid, g_rows, torch.gather(out, 2, idx)))
 
 
 def reference_attention(q, k, v, window: int, key_padding=None, global_mask=None, global_qkv=None, scale=None):

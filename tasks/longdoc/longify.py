@@ -35,15 +35,15 @@ class LongSelfAttention(nn.Module):
         return x.view(b, n, -1, self.head_size).transpose(1, 2)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
-        key_padding, global_mask = attention_mask
+        key_padding, plan = attention_mask  # the padding mask and the pass's shared attention plan
         q, k, v = (self._heads(p(hidden_states)) for p in (self.query, self.key, self.value))
         if self.mode == "full":
             out = attention.full_attention(q, k, v, key_padding)
         else:
             gqkv = None
-            if global_mask is not None and bool(global_mask.any()):
+            if plan.n_glob:
                 gqkv = tuple(self._heads(p(hidden_states)) for p in (self.query_global, self.key_global, self.value_global))
-            out = attention.sliding_window_attention(q, k, v, self.window, key_padding, global_mask, gqkv)
+            out = attention.sliding_window_attention(q, k, v, self.window, global_qkv=gqkv, plan_=plan)
         b, h, n, d = out.shape
         return out.transpose(1, 2).reshape(b, n, h * d), None
 
@@ -51,7 +51,8 @@ class LongSelfAttention(nn.Module):
 class LongClassifier(nn.Module):
     """BERT classifier over long inputs: extended positions + sliding-window (or full) attention per layer."""
 
-    def __init__(self, model: nn.Module, max_positions: int, attention_window: int, mode: str = "sliding"):
+    def __init__(self, model: nn.Module, max_positions: int, attention_window: int, mode: str = "sliding",
+                 backend: str = "auto"):
         super().__init__()
         base = getattr(model, model.base_model_prefix)
         self.embeddings = base.embeddings
@@ -61,9 +62,12 @@ class LongClassifier(nn.Module):
             layer.attention.self = LongSelfAttention(layer.attention.self, attention_window // 2, mode)
         self.pooler, self.dropout, self.classifier = base.pooler, model.dropout, model.classifier
         self.max_positions, self.attention_window, self.mode = max_positions, attention_window, mode
+        self.backend = backend  # sliding attention's implementation (tasks/longdoc/attention.py): auto|dense|flex|blocked
+        self.last_backend: str | None = None  # what the last forward pass used (reported by the mechanisms)
         self.config = model.config
 
-    def forward(self, input_ids, attention_mask=None, global_mask=None):
+    def hidden_states(self, input_ids, attention_mask=None, global_mask=None) -> torch.Tensor:
+        """The encoder's last hidden states (b, n, hidden); global attention on [CLS] unless ``global_mask`` says."""
         if input_ids.shape[1] > self.max_positions:
             raise ValueError(f"input of {input_ids.shape[1]} tokens exceeds max_positions={self.max_positions}")
         if attention_mask is None:
@@ -72,9 +76,18 @@ class LongClassifier(nn.Module):
             global_mask = torch.zeros_like(input_ids, dtype=torch.bool)
             global_mask[:, 0] = True
         h = self.embeddings(input_ids=input_ids)
+        keep = attention_mask.bool()
+        plan = None
+        if self.mode != "full":  # masks built once for every layer of this pass
+            plan = attention.plan(keep, global_mask.bool(), self.attention_window // 2, tuple(input_ids.shape),
+                                  input_ids.device, self.backend)
+        self.last_backend = "sdpa-full" if plan is None else plan.backend
         for layer in self.layers:
-            h = layer(h, (attention_mask.bool(), global_mask.bool()))
-        return self.classifier(self.dropout(self.pooler(h)))
+            h = layer(h, (keep, plan))
+        return h
+
+    def forward(self, input_ids, attention_mask=None, global_mask=None):
+        return self.classifier(self.dropout(self.pooler(self.hidden_states(input_ids, attention_mask, global_mask))))
 
     def set_mode(self, mode: str) -> None:
         for layer in self.layers:
@@ -96,8 +109,9 @@ def extend_positions(embeddings: nn.Module, max_positions: int) -> None:
     embeddings.token_type_ids = torch.zeros((1, max_positions), dtype=torch.long)
 
 
-def longify(model_dir: str, max_positions: int = 4096, attention_window: int = 256, mode: str = "sliding") -> LongClassifier:
+def longify(model_dir: str, max_positions: int = 4096, attention_window: int = 256, mode: str = "sliding",
+            backend: str = "auto") -> LongClassifier:
     model = models.load_hf_model(model_dir)
-    long = LongClassifier(model, max_positions, attention_window, mode).eval()
+    long = LongClassifier(model, max_positions, attention_window, mode, backend).eval()
     long.config.max_position_embeddings = max_positions
     return long

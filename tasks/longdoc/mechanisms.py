@@ -12,6 +12,7 @@ evaluation by document-length bucket.
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import torch
 from prefect import task
@@ -93,53 +94,67 @@ def to_hf_bigbird(model_dir: str, max_positions: int, block_size: int = 64, num_
 
 
 def classifier_for(mechanism: str, model_dir: str, long_cfg: LongConfig | dict):
-    """-> (callable(text) -> logits[1, C], tokenizer)."""
+    """-> (callable(text) -> logits[1, C], tokenizer). The model runs on ``long_cfg.device`` (bf16 autocast on CUDA
+    when ``autocast_bf16`` and the GPU supports it); the callable's ``backends`` counts the attention implementation
+    that served each document (sliding-window)."""
     long_cfg = LongConfig.model_validate(long_cfg)
     tokenizer = models.load_tokenizer(model_dir)
     tokenizer.model_max_length = 10**9
     max_tokens = long_cfg.max_tokens
-    if mechanism in ("truncate-512", "chunked-512"):
-        base = models.load_hf_model(model_dir)
+    device = models.pick_device(long_cfg.device)
+    amp = long_cfg.autocast_bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    backends: Counter = Counter()
 
-        def run(text: str):
+    def encode(text: str, **kw):
+        return {k: v.to(device) for k, v in tokenizer(text, return_tensors="pt", **kw).items()}
+
+    if mechanism in ("truncate-512", "chunked-512"):
+        model = models.load_hf_model(model_dir)
+
+        def forward(text: str):
             if mechanism == "truncate-512":
-                enc = tokenizer(text, truncation=True, max_length=512, return_tensors="pt")
-                return base(**enc).logits
+                enc = encode(text, truncation=True, max_length=512)
+                return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
             ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_tokens]
             chunks = [ids[i : i + 510] for i in range(0, max(1, len(ids)), 510)]
             batch = tokenizer.pad({"input_ids": [[tokenizer.cls_token_id] + ch + [tokenizer.sep_token_id] for ch in chunks]},
                                   return_tensors="pt")
-            return base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.mean(0, keepdim=True)
+            return model(input_ids=batch["input_ids"].to(device),
+                         attention_mask=batch["attention_mask"].to(device)).logits.mean(0, keepdim=True)
+    elif mechanism in ("sliding-window", "full-long"):
+        model = longify.longify(model_dir, long_cfg.max_positions, long_cfg.attention_window,
+                                "sliding" if mechanism == "sliding-window" else "full", long_cfg.attention_backend)
 
-        return run, tokenizer
-    if mechanism in ("sliding-window", "full-long"):
-        long = longify.longify(model_dir, long_cfg.max_positions, long_cfg.attention_window,
-                               "sliding" if mechanism == "sliding-window" else "full")
+        def forward(text: str):
+            enc = encode(text, truncation=True, max_length=max_tokens)
+            logits = model(enc["input_ids"], enc["attention_mask"])
+            backends[model.last_backend] += 1  # e.g. dense for short documents, flex for long ones
+            return logits
+    elif mechanism == "hf-longformer":
+        model = to_hf_longformer(model_dir, long_cfg.max_positions, long_cfg.attention_window)
 
-        def run(text: str):
-            enc = tokenizer(text, truncation=True, max_length=max_tokens, return_tensors="pt")
-            return long(enc["input_ids"], enc["attention_mask"])
-
-        return run, tokenizer
-    if mechanism == "hf-longformer":
-        lf = to_hf_longformer(model_dir, long_cfg.max_positions, long_cfg.attention_window)
-
-        def run(text: str):
-            enc = tokenizer(text, truncation=True, max_length=max_tokens, return_tensors="pt")
+        def forward(text: str):
+            enc = encode(text, truncation=True, max_length=max_tokens)
             glob = torch.zeros_like(enc["input_ids"])
             glob[:, 0] = 1
-            return lf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], global_attention_mask=glob).logits
+            return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                         global_attention_mask=glob).logits
+    elif mechanism == "bigbird":
+        model = to_hf_bigbird(model_dir, long_cfg.max_positions)
 
-        return run, tokenizer
-    if mechanism == "bigbird":
-        bb = to_hf_bigbird(model_dir, long_cfg.max_positions)
+        def forward(text: str):
+            enc = encode(text, truncation=True, max_length=max_tokens)
+            return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    else:
+        raise ValueError(f"unknown mechanism {mechanism!r}")
+    model.to(device).eval()
 
-        def run(text: str):
-            enc = tokenizer(text, truncation=True, max_length=max_tokens, return_tensors="pt")
-            return bb(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    def run(text: str):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            return forward(text).float()
 
-        return run, tokenizer
-    raise ValueError(f"unknown mechanism {mechanism!r}")
+    run.backends = backends
+    return run, tokenizer
 
 
 def bucket_name(lo: int, hi: int | None) -> str:
@@ -172,6 +187,8 @@ def evaluate_by_length(mechanism: str, model_dir: str, texts: list[str], labels:
             y, p = [labels[i] for i in sel], [preds[i] for i in sel]
             metrics[f"eval/accuracy_len_{name}"] = float(accuracy_score(y, p))
             metrics[f"eval/macro_f1_len_{name}"] = float(f1_score(y, p, labels=ids, average="macro", zero_division=0))
+    for backend, count in sorted(run.backends.items()):
+        metrics[f"eval/num_docs_attention_{backend}"] = count
     long_docs = [i for i, n in enumerate(lengths) if n > 1024]
     if long_docs:
         metrics["eval/macro_f1_len_gt_1024"] = float(f1_score([labels[i] for i in long_docs], [preds[i] for i in long_docs],

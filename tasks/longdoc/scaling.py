@@ -23,14 +23,18 @@ from tasks.longdoc import (
 )
 
 
-def measure(mechanism: str, length: int, window: int, iters: int, model_dir: str | None = None, timeout: int = 900) -> dict:
-    cmd = [sys.executable, "-m", scaling_probe.__name__, mechanism, str(length), "--window", str(window), "--iters", str(iters)]
+def measure(mechanism: str, length: int, window: int, iters: int, model_dir: str | None = None, timeout: int = 900,
+            device: str = "cpu", dtype: str = "fp32", batch: int = 1) -> dict:
+    """One point in a fresh child process; on ``cuda`` CUDA-event time and peak CUDA memory, else wall time and RSS."""
+    cmd = [sys.executable, "-m", scaling_probe.__name__, mechanism, str(length), "--window", str(window), "--iters",
+           str(iters), "--device", device, "--dtype", dtype, "--batch", str(batch)]
     if model_dir:
         cmd += ["--model-dir", str(model_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT,
                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     if proc.returncode != 0:
-        return {"mechanism": mechanism, "length": length, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+        return {"mechanism": mechanism, "length": length, "device": device, "dtype": dtype, "batch": batch,
+                "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -64,11 +68,16 @@ def plot(rows: list[dict], key: str, ylabel: str, path: str | Path) -> str:
     return str(path)
 
 
+def peak_mb(row: dict) -> float | None:
+    """The point's peak memory: CUDA memory allocated on a GPU, the process's RSS on CPU."""
+    return row.get("peak_cuda_mb", row.get("peak_rss_mb"))
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: one row per length, one column per mechanism ("ms / MB", or the error of that measurement)."""
     import pandas as pd
 
-    cells = {(r["length"], f"{r['mechanism']} ms / MB"): f"{r['latency_ms']} / {r['peak_rss_mb']}" if "latency_ms" in r
+    cells = {(r["length"], f"{r['mechanism']} ms / MB"): f"{r['latency_ms']} / {peak_mb(r)}" if "latency_ms" in r
              else f"error: {r.get('error', '?')[:60]}" for r in rows}
     frame = pd.Series(cells).unstack()
     frame = frame[list(dict.fromkeys(f"{r['mechanism']} ms / MB" for r in rows))].sort_index()

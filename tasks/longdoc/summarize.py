@@ -186,14 +186,14 @@ def sentence_features(long_model, tokenizer, sentences: list[str], max_tokens: i
         marks.append(len(ids))
         ids += [tokenizer.cls_token_id] + toks
     ids.append(tokenizer.sep_token_id)
-    x = torch.tensor([ids])
+    device = next(long_model.parameters()).device
+    x = torch.tensor([ids], device=device)
     glob = torch.zeros_like(x, dtype=torch.bool)
     glob[0, marks] = True
-    with torch.inference_mode():
-        h = long_model.embeddings(input_ids=x)
-        for layer in long_model.layers:
-            h = layer(h, (torch.ones_like(x, dtype=torch.bool), glob))
-    feats = h[0, marks].numpy()
+    amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        h = long_model.hidden_states(x, global_mask=glob)
+    feats = h[0, marks].float().cpu().numpy()
     if len(marks) < len(sentences):  # sentences past max_tokens: zero features (they score low)
         feats = np.vstack([feats, np.zeros((len(sentences) - len(marks), feats.shape[1]), dtype=feats.dtype)])
     # document-level context for each sentence: similarity of its encoding to the document's mean encoding, its
@@ -293,7 +293,8 @@ def run(cfg: SummarizeConfig | dict, long_cfg: LongConfig | dict, model_dir: str
     # greedy-ROUGE oracle labels of the training documents
     tok = models.load_tokenizer(model_dir)
     tok.model_max_length = 10**9
-    long = longify.longify(model_dir, long_cfg.max_positions, long_cfg.attention_window, "sliding")
+    long = longify.longify(model_dir, long_cfg.max_positions, long_cfg.attention_window, "sliding",
+                           long_cfg.attention_backend).to(models.pick_device(long_cfg.device))
     max_tokens = min(cfg.max_tokens, long_cfg.max_positions)
     feats, ys = [], []
     for d in train_docs:

@@ -20,8 +20,9 @@ from tasks.measure import runtimes
 
 
 @torch.inference_mode()
-def predict(model_dir: str, texts: list[str], batch_size: int = 64, max_length: int | None = None) -> np.ndarray:
-    run, tokenizer, manifest = runtimes.load_for_inference(model_dir)
+def predict(model_dir: str, texts: list[str], batch_size: int = 64, max_length: int | None = None,
+            device: str = "cpu") -> np.ndarray:
+    run, tokenizer, manifest = runtimes.load_for_inference(model_dir, device)
     max_length = max_length or manifest["max_length"]
     texts = preprocess.normalize(texts, manifest.get("preprocess"))
     preds = []
@@ -91,7 +92,8 @@ def evaluate(model_dir: str, data: dict, eval_cfg: EvaluateConfig | dict, work_d
     label_ids = {l: i for i, l in enumerate(labels)}
     y_true = [label_ids[l] for l in test["label"]]
     t0 = time.perf_counter()
-    y_pred = predict(model_dir, test["text"].tolist(), EvaluateConfig.model_validate(eval_cfg).batch_size)
+    eval_cfg = EvaluateConfig.model_validate(eval_cfg)
+    y_pred = predict(model_dir, test["text"].tolist(), eval_cfg.batch_size, device=eval_cfg.device)
     seconds = time.perf_counter() - t0
     metrics, per_class, cm = classification_metrics(y_true, y_pred.tolist(), labels)
     metrics["eval/seconds"] = round(seconds, 3)

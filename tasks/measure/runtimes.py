@@ -16,26 +16,31 @@ import torch
 from tasks.core import models
 
 
-def eager_runner(model):
-    """The runner interface (input_ids, attention_mask) -> logits for an eager PyTorch classifier."""
+def eager_runner(model, device: torch.device | str = "cpu"):
+    """The runner interface (input_ids, attention_mask) -> logits for an eager PyTorch classifier, on ``device``
+    (inputs are moved there; logits come back on it)."""
+    device = torch.device(device)
+    model.to(device)
+
     def run(input_ids, attention_mask):
-        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
 
     run.model = model
     return run
 
 
-def load_hf_runner(model_dir: str | Path, manifest: dict):
-    return eager_runner(models.load_hf_model(model_dir, manifest))
+def load_hf_runner(model_dir: str | Path, manifest: dict, device: str = "cpu"):
+    return eager_runner(models.load_hf_model(model_dir, manifest), device)
 
 
-def load_sparse_runner(model_dir: str | Path, manifest: dict):
+def load_sparse_runner(model_dir: str | Path, manifest: dict, device: str = "cpu"):
     from tasks.compress import prune
 
-    return eager_runner(prune.load_sparse_model(model_dir, manifest))
+    return eager_runner(prune.load_sparse_model(model_dir, manifest), device)
 
 
-def load_int8_runner(model_dir: str | Path, manifest: dict):
+def load_int8_runner(model_dir: str | Path, manifest: dict, device: str = "cpu"):
+    """PyTorch dynamic int8 kernels are CPU kernels: this runner is CPU whatever ``device`` says."""
     from tasks.compress import quantize
 
     with warnings.catch_warnings():
@@ -43,8 +48,18 @@ def load_int8_runner(model_dir: str | Path, manifest: dict):
         return eager_runner(quantize.load_int8_model(model_dir, manifest))
 
 
-def load_onnx_runner(model_dir: str | Path, manifest: dict):
+def load_onnx_runner(model_dir: str | Path, manifest: dict, device: str = "cpu"):
+    """ONNX Runtime on CPU, or with its CUDA provider when ``device`` is cuda and that provider is installed
+    (``onnxruntime-gpu``); otherwise CPU, with a warning."""
     import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if torch.device(device).type == "cuda":
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        else:
+            warnings.warn("device cuda asked for, but this onnxruntime has no CUDAExecutionProvider (install "
+                          "onnxruntime-gpu): running ONNX on CPU", stacklevel=2)
 
     sessions: dict[int, ort.InferenceSession] = {}
     path = str(Path(model_dir) / "model.onnx")
@@ -55,7 +70,7 @@ def load_onnx_runner(model_dir: str | Path, manifest: dict):
             so = ort.SessionOptions()
             so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            sessions[threads] = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            sessions[threads] = ort.InferenceSession(path, so, providers=providers)
         return sessions[threads]
 
     session()
@@ -68,8 +83,9 @@ def load_onnx_runner(model_dir: str | Path, manifest: dict):
     return run
 
 
-def load_pte_runner(model_dir: str | Path, manifest: dict):
-    """ExecuTorch runtime (XNNPACK). The program has a static (1, seq_len) input: batches run row by row."""
+def load_pte_runner(model_dir: str | Path, manifest: dict, device: str = "cpu"):
+    """ExecuTorch runtime (XNNPACK), CPU whatever ``device`` says (what a phone runs). The program has a static
+    (1, seq_len) input: batches run row by row."""
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
@@ -100,8 +116,9 @@ RUNNERS = {"hf": load_hf_runner, "hf-sparse": load_sparse_runner, "int8": load_i
            "onnx": load_onnx_runner, "pte": load_pte_runner}
 
 
-def load_for_inference(model_dir: str | Path):
-    """-> (callable(input_ids, attention_mask) -> logits, tokenizer, manifest), whatever the folder's format."""
+def load_for_inference(model_dir: str | Path, device: str = "cpu"):
+    """-> (callable(input_ids, attention_mask) -> logits, tokenizer, manifest), whatever the folder's format.
+    ``device``: where eager PyTorch formats (and ONNX with a CUDA provider) run; int8 and ExecuTorch stay on CPU."""
     from transformers import AutoTokenizer
 
     manifest = models.read_manifest(model_dir)
@@ -109,4 +126,4 @@ def load_for_inference(model_dir: str | Path):
     if fmt not in RUNNERS:
         raise ValueError(f"{model_dir}: unknown model format '{fmt}' in {models.MANIFEST}; known: {', '.join(RUNNERS)}")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return RUNNERS[fmt](model_dir, manifest), tokenizer, manifest
+    return RUNNERS[fmt](model_dir, manifest, str(models.pick_device(device))), tokenizer, manifest
