@@ -8,6 +8,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoTokenizer
 
 from tasks.core import models
+from tasks.core.config import SummarizeConfig
 from tasks.longdoc import attention, longify, mechanisms, scaling_probe, summarize
 from tests.conftest import make_tiny_model
 
@@ -65,7 +66,8 @@ def test_bucketed_evaluation(tiny_cls):
     # lengths are untruncated token counts with [CLS]/[SEP], counted here with the model's own tokenizer
     tok = AutoTokenizer.from_pretrained(tiny_cls)
     assert res["lengths"] == [len(tok(t)["input_ids"]) for t in texts] == [4, 4, 702, 702, 1502]
-    # every metric is what scikit-learn gives on the returned predictions, overall and per bucket
+    # every metric is what scikit-learn gives on the returned predictions: overall over every label, in a bucket
+    # over the labels that occur there (true or predicted)
     y, p, ids = [0, 1, 2, 0, 1], res["predictions"], [0, 1, 2]
     assert m["eval/num_docs"] == len(p) == 5
     assert m["eval/accuracy"] == pytest.approx(accuracy_score(y, p), abs=1e-12)
@@ -74,8 +76,8 @@ def test_bucketed_evaluation(tiny_cls):
         ys, ps = [y[i] for i in sel], [p[i] for i in sel]
         assert m[f"eval/accuracy_len_{name}"] == pytest.approx(accuracy_score(ys, ps), abs=1e-12), name
         assert m[f"eval/macro_f1_len_{name}"] == pytest.approx(
-            f1_score(ys, ps, labels=ids, average="macro", zero_division=0), abs=1e-12), name
-    assert m["eval/macro_f1_len_gt_1024"] == pytest.approx(f1_score([y[4]], [p[4]], labels=ids, average="macro",
+            f1_score(ys, ps, labels=sorted(set(ys) | set(ps)), average="macro", zero_division=0), abs=1e-12), name
+    assert m["eval/macro_f1_len_gt_1024"] == pytest.approx(f1_score([y[4]], [p[4]], average="macro",
                                                                     zero_division=0), abs=1e-12)
     # pinned (run twice on this machine, identical): tiny_cls (random 3-label BERT from make_tiny_model, seed 0,
     # hidden 32), sliding-window, LONG (window 32, 2048 positions). The random head favours class 0 for all five
@@ -175,7 +177,8 @@ def test_long_document_flow_end_to_end(tiny_cls, tiny_model_dir, mlflow_uri, tmp
     from flows.long_document import long_document
 
     sets = [f"model.source={tiny_model_dir}", "model.max_length=64", f"output_dir={tmp_path / 'out'}", "data.max_samples=80",
-            "train.max_steps=2", "train.batch_size=8", "long.max_positions=2048", "long.max_tokens=2048",
+            "train.max_steps=2", "train.batch_size=4", "train.max_tokens=600", "train.chunk_tokens=64",
+            "long.max_positions=2048", "long.max_tokens=2048",
             "long.attention_window=64", "evaluate.max_docs=8", "scaling.lengths=[256, 1024]",
             "scaling.mechanisms=[full-long, sliding-window, hf-longformer]", "scaling.iters=1",
             "summarize.data.max_docs=24", "summarize.max_tokens=256", "summarize.k_values=[1, 2]"]
@@ -184,12 +187,103 @@ def test_long_document_flow_end_to_end(tiny_cls, tiny_model_dir, mlflow_uri, tmp
     runs = {r.data.tags["variant"]: r for r in client.search_runs(
         [client.get_experiment_by_name("effilm/long-document").experiment_id])}
     assert {"parent", "truncate-512", "chunked-512", "sliding-window", "full-long", "hf-longformer",
-            "lead-k", "textrank", "extractive-long"} <= set(runs)
+            "tfidf-first512", "tfidf-whole", "lead-k", "textrank", "extractive-long"} <= set(runs)
     assert all(r.info.status == "FINISHED" for r in runs.values())
     sw = runs["sliding-window"].data.metrics
     assert {"eval/macro_f1", "eval/num_docs_len_0_512", "bench/latency_ms_L1024", "bench/peak_rss_mb_L256"} <= set(sw)
+    # every trained mechanism: the same number of optimizer steps, recorded; the conversions are not trained
+    assert {runs[m].data.metrics["train/steps"] for m in ("truncate-512", "chunked-512", "sliding-window",
+                                                           "full-long")} == {2.0}
+    assert "train/steps" not in runs["hf-longformer"].data.metrics
+    # the packaged KEPs are the default data: 14 classes, real long documents in the test slice
+    assert sw["eval/num_docs"] == 8 and "eval/macro_f1_len_gt_2048" in sw
+    # the majority baseline beside every mechanism; a degenerate one is tagged (the rule: test_degenerate_...)
+    assert 0 < sw["eval/majority_accuracy"] < 1
+    flagged = [m for m, r in runs.items() if r.data.tags.get("effilm.degenerate") == "true"]
+    assert flagged == [m for m, r in runs.items() if r.data.metrics.get("eval/degenerate") == 1.0]
+    assert runs["tfidf-whole"].data.params["C"]
     assert "bench/latency_ms_L1024" in runs["hf-longformer"].data.metrics
     assert "eval/rouge2" in runs["extractive-long"].data.metrics
     art = {a.path for a in client.list_artifacts(runs["parent"].info.run_id, "scaling")}
     assert {"scaling/scaling_time.png", "scaling/scaling_memory.png"} <= art
-    assert "Classification by document length" in open(res["report"]["markdown"]).read()
+    report = open(res["report"]["markdown"]).read()
+    assert "Classification by document length" in report and "majority class (baseline)" in report
+    assert ("DEGENERATE" in report) == bool(flagged)
+
+
+def test_degenerate_models_are_flagged_beside_the_majority_baseline():
+    labels, names = [0, 0, 0, 1, 2, 0], ["a", "b", "c"]
+    lengths = [100, 600, 3000, 5000, 200, 800]
+    one_class = mechanisms.score_by_length([0] * 6, labels, lengths, names, [512, 1024], majority=0)
+    assert one_class["eval/degenerate"] == 1.0 and one_class["eval/distinct_predictions"] == 1
+    assert one_class["eval/majority_accuracy"] == pytest.approx(4 / 6) == one_class["eval/accuracy"]
+    good = mechanisms.score_by_length(labels, labels, lengths, names, [512, 1024], majority=0)
+    assert good["eval/degenerate"] == 0.0 and good["eval/macro_f1"] == 1.0
+    assert good["eval/num_docs_len_1024_plus"] == 2 and good["eval/macro_f1_len_gt_2048"] == 1.0
+    # two classes predicted, yet no better than always answering the majority class on macro-F1
+    worse = mechanisms.score_by_length([1, 1, 0, 0, 0, 0], labels, lengths, names, [512], majority=0)
+    assert worse["eval/distinct_predictions"] == 2
+    assert worse["eval/macro_f1"] <= worse["eval/majority_macro_f1"] and worse["eval/degenerate"] == 1.0
+
+
+def test_keps_are_packaged_with_their_own_split(tmp_path):
+    from tasks.core import data
+
+    info = data.prepare({"source": "keps"}, 0, tmp_path)
+    assert info["stats"]["train"] == 430 and info["stats"]["val"] == 65 and info["stats"]["test"] == 123
+    assert len(info["labels"]) == 14 and "sig-node" in info["labels"]
+    test = data.load_split(info["paths"]["test"])
+    assert test["text"].str.split().str.len().median() > 1500  # real long documents
+    small = data.prepare({"source": "keps", "max_samples": 120}, 0, tmp_path)
+    assert small["stats"]["test"] < 40 and data.load_split(small["paths"]["train"])["label"].nunique() == 14
+    assert (data.KEPS_DIR / "LICENSE").is_file() and "Apache License" in (data.KEPS_DIR / "LICENSE").read_text()
+    docs, where = summarize.load_docs(SummarizeConfig(data={"source": "keps"}))
+    assert len(docs) == 605 and all(d["summary"].strip() for d in docs) and where.startswith("keps")
+
+
+@pytest.mark.parametrize("mech", ["truncate-512", "chunked-512", "sliding-window", "full-long"])
+def test_each_mechanism_trains_for_what_it_does(tiny_cls, bbc_slice, tmp_path, mech):
+    """Same steps for each; chunked trains on chunks (more samples per epoch, not more steps); the long models on
+    long inputs, saved as a long folder that loads back with every weight and classifies."""
+    from tasks.core.config import LongConfig, LongTrainConfig, ModelConfig
+    from tasks.longdoc import train_long
+
+    cfg = LongTrainConfig(max_steps=3, batch_size=2, max_tokens=300, chunk_tokens=64, device="cpu")
+    res = train_long.train_mechanism(mech, ModelConfig(source=tiny_cls), LongConfig(**LONG), cfg, bbc_slice, 0,
+                                     str(tmp_path / "w"))
+    assert res["steps"] == 3 and not res["reused"]
+    assert longify.is_long(res["model_dir"]) == (mech in ("sliding-window", "full-long"))
+    run, _ = mechanisms.classifier_for(mech, res["model_dir"], LONG)
+    with torch.no_grad():
+        assert run("word " * 900).shape == (1, len(bbc_slice["labels"]))
+    again = train_long.train_mechanism(mech, ModelConfig(source=tiny_cls), LongConfig(**LONG), cfg, bbc_slice, 0,
+                                       str(tmp_path / "w"))
+    assert again["reused"] and again["model_dir"] == res["model_dir"]
+    if longify.is_long(res["model_dir"]):  # every trained weight comes back (global projections included)
+        loaded = longify.load_long(res["model_dir"])
+        assert loaded.max_positions == 2048 and loaded.layers[0].attention.self.query_global.weight.shape[0] > 0
+
+
+def test_chunks_are_substrings_carrying_the_label(tiny_cls):
+    from tasks.longdoc import train_long
+
+    tok = AutoTokenizer.from_pretrained(tiny_cls)
+    text = " ".join(f"w{i}" for i in range(500))
+    texts, labels = train_long.chunk_texts(tok, [text, "short one"], [2, 1], 66, 10**6)
+    assert all(t in text for t in texts[:-1]) and texts[-1] == "short one"
+    assert labels == [2] * (len(texts) - 1) + [1] and len(texts) > 3
+    assert max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts) <= 64
+    w = train_long.class_weights([0, 0, 0, 1], 3)
+    assert w[1] > w[0] and w[2] == 1.0
+
+
+def test_tfidf_peers_choose_on_validation(bbc_slice, tiny_cls):
+    from tasks.core.config import LongEvalConfig, ModelConfig
+    from tasks.longdoc import classic
+
+    res = classic.evaluate("tfidf-whole", bbc_slice, ModelConfig(source=tiny_cls), LongEvalConfig(buckets=[512]))
+    m = res["metrics"]
+    assert res["params"]["C"] in classic.C_GRID and 0 <= res["params"]["val_macro_f1"] <= 1
+    assert m["eval/accuracy"] > m["eval/majority_accuracy"]  # a bag of words beats the majority class on BBC
+    cut = classic.first_tokens(AutoTokenizer.from_pretrained(tiny_cls), ["a b c d e f g h"], 3)
+    assert cut == ["a b c"]

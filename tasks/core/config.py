@@ -43,7 +43,8 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    source: str = Field("bbc", description="bbc | folder | csv | jsonl | parquet | hf:<dataset name>")
+    source: str = Field("bbc", description="bbc | keps | folder | csv | jsonl | parquet | hf:<dataset name> (bbc and "
+                        "keps are packaged: offline; keps keeps its own train/validation/test split)")
     path: str | None = Field(None, description="file or folder for csv/jsonl/parquet/folder sources")
     text_field: str = "text"
     label_field: str = "label"
@@ -55,7 +56,7 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
-        kinds = ("bbc", "folder", "csv", "jsonl", "parquet")
+        kinds = ("bbc", "keps", "folder", "csv", "jsonl", "parquet")
         if not (self.source in kinds or self.source.startswith("hf:")):
             raise ValueError(f"source: unknown data source '{self.source}'; use one of {', '.join(kinds)} or hf:<name>")
         if self.source in ("folder", "csv", "jsonl", "parquet"):
@@ -99,6 +100,15 @@ class TrainConfig(Strict):
     max_steps: int | None = Field(None, ge=1)
     device: Device = Field("auto", description="where training runs (auto: CUDA when present)")
     nproc_per_node: int = Field(1, ge=1, le=64, description="> 1: fine-tune/distill under torchrun + DDP (gloo on CPU, NCCL on GPU)")
+
+
+class LongTrainConfig(TrainConfig):
+    """Training of the long-document mechanisms (tasks/longdoc/train_long.py): every mechanism from the same
+    pretrained checkpoint, the same number of optimizer steps."""
+    max_tokens: int = Field(4096, ge=64, description="sliding-window / full-long train on inputs up to this many tokens")
+    chunk_tokens: int = Field(512, ge=16, le=512, description="input length of truncate-512 and of chunked-512's chunks")
+    class_weights: bool = Field(True, description="class-weighted cross-entropy (balanced) for imbalanced labels")
+    gradient_checkpointing: bool = Field(False, description="recompute long-model layers in backward (less memory)")
 
 
 class EvaluateConfig(Strict):
@@ -384,7 +394,8 @@ class ScalingConfig(Strict):
 
 
 class SummarizeData(Strict):
-    source: str = Field("bbc-headlines", description="bbc-headlines | bbc-summary | jsonl | hf:<dataset>")
+    source: str = Field("bbc-headlines", description="bbc-headlines | keps | bbc-summary | jsonl | hf:<dataset> "
+                        "(bbc-headlines and keps are packaged: offline)")
     hf_config: str | None = None
     hf_split: str = "test"
     path: str | None = None
@@ -394,8 +405,9 @@ class SummarizeData(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "SummarizeData":
-        if not (self.source in ("bbc-headlines", "bbc-summary", "jsonl") or self.source.startswith("hf:")):
-            raise ValueError(f"source: unknown summarization source '{self.source}'; use bbc-headlines, bbc-summary, jsonl or hf:<name>")
+        if not (self.source in ("bbc-headlines", "keps", "bbc-summary", "jsonl") or self.source.startswith("hf:")):
+            raise ValueError(f"source: unknown summarization source '{self.source}'; use bbc-headlines, keps, "
+                             "bbc-summary, jsonl or hf:<name>")
         if self.source in ("bbc-summary", "jsonl"):
             if not self.path:
                 raise ValueError(f"path: summarization source '{self.source}' needs summarize.data.path")
@@ -423,8 +435,12 @@ class LongDocumentConfig(Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: LongTrainConfig = Field(default_factory=LongTrainConfig)
     long: LongConfig = Field(default_factory=LongConfig)
+    classic: list[Literal["tfidf-first512", "tfidf-whole"]] = Field(
+        default_factory=lambda: ["tfidf-first512", "tfidf-whole"],
+        description="classic peers in the same table: TF-IDF + logistic regression on the first 512 tokens / the "
+        "whole document (tasks/longdoc/classic.py)")
     mechanisms: list[str] = Field(default_factory=lambda: ["truncate-512", "chunked-512", "sliding-window", "full-long"])
     evaluate: LongEvalConfig = Field(default_factory=LongEvalConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
@@ -435,6 +451,9 @@ class LongDocumentConfig(Strict):
         bad = [m for m in self.mechanisms if m not in MECHANISMS]
         if bad:
             raise ValueError(f"mechanisms: unknown mechanism '{bad[0]}'; choose from {', '.join(MECHANISMS)}")
+        if self.train.max_tokens > self.long.max_positions:
+            raise ValueError(f"train.max_tokens: {self.train.max_tokens} exceeds long.max_positions="
+                             f"{self.long.max_positions} (the long model has no positions past it)")
         return self
 
 

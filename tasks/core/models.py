@@ -105,7 +105,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    format: Literal["hf", "hf-sparse", "int8", "onnx", "pte"] = "hf"
+    format: Literal["hf", "hf-sparse", "int8", "onnx", "pte", "long"] = "hf"  # long: tasks/longdoc/longify.py
     labels: list[str] = Field(..., min_length=1)
     max_length: int = Field(128, ge=1)
     source: str | None = None

@@ -12,6 +12,7 @@ model (checked in the tests).
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -64,6 +65,7 @@ class LongClassifier(nn.Module):
         self.max_positions, self.attention_window, self.mode = max_positions, attention_window, mode
         self.backend = backend  # sliding attention's implementation (tasks/longdoc/attention.py): auto|dense|flex|blocked
         self.last_backend: str | None = None  # what the last forward pass used (reported by the mechanisms)
+        self.gradient_checkpointing = False  # recompute each layer in backward (training at long lengths)
         self.config = model.config
 
     def hidden_states(self, input_ids, attention_mask=None, global_mask=None) -> torch.Tensor:
@@ -83,11 +85,26 @@ class LongClassifier(nn.Module):
                                   input_ids.device, self.backend)
         self.last_backend = "sdpa-full" if plan is None else plan.backend
         for layer in self.layers:
-            h = layer(h, (keep, plan))
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                h = checkpoint(layer, h, (keep, plan), use_reentrant=False)
+            else:
+                h = layer(h, (keep, plan))
         return h
 
     def forward(self, input_ids, attention_mask=None, global_mask=None):
         return self.classifier(self.dropout(self.pooler(self.hidden_states(input_ids, attention_mask, global_mask))))
+
+    def save_pretrained(self, path: str | Path, safe_serialization: bool = True) -> None:
+        """Weights (global projections and extended positions included) as ``model.safetensors`` plus the source
+        config with ``max_position_embeddings`` extended: what the training checkpoints and :func:`save_long` write."""
+        from safetensors.torch import save_model
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_model(self, str(path / "model.safetensors"))
+        self.config.save_pretrained(path)
 
     def set_mode(self, mode: str) -> None:
         for layer in self.layers:
@@ -107,6 +124,36 @@ def extend_positions(embeddings: nn.Module, max_positions: int) -> None:
     embeddings.position_embeddings = nn.Embedding.from_pretrained(new, freeze=False)
     embeddings.position_ids = torch.arange(max_positions).expand((1, -1))
     embeddings.token_type_ids = torch.zeros((1, max_positions), dtype=torch.long)
+
+
+def save_long(long: LongClassifier, tokenizer, out_dir: str | Path, **manifest) -> str:
+    """A trained long model folder (format ``long``): weights, config, tokenizer, manifest written last."""
+    with models.atomic_dir(out_dir) as tmp:
+        long.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        models.write_manifest(tmp, format="long", max_length=long.max_positions, max_positions=long.max_positions,
+                              attention_window=long.attention_window, mode=long.mode, **manifest)
+    return str(out_dir)
+
+
+def is_long(model_dir: str | Path) -> bool:
+    """A folder written by :func:`save_long` (not an ordinary classifier folder)."""
+    return (Path(model_dir) / models.MANIFEST).is_file() and models.read_manifest(model_dir).get("format") == "long"
+
+
+def load_long(model_dir: str | Path, backend: str = "auto") -> LongClassifier:
+    """Load a folder written by :func:`save_long` (structure from its config, then every weight, strictly)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    manifest = models.read_manifest(model_dir)
+    if manifest.get("format") != "long":
+        raise ValueError(f"{model_dir}: not a long model folder (format {manifest.get('format')!r}, expected 'long')")
+    config = AutoConfig.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_config(config)
+    long = LongClassifier(model, manifest["max_positions"], manifest["attention_window"], manifest["mode"], backend)
+    long.load_state_dict(load_file(str(Path(model_dir) / "model.safetensors")))
+    return long.eval()
 
 
 def longify(model_dir: str, max_positions: int = 4096, attention_window: int = 256, mode: str = "sliding",

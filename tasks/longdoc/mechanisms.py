@@ -1,5 +1,5 @@
-"""Long-document classifiers, one per attention mechanism, over the same fine-tuned BERT weights, and their
-evaluation by document-length bucket.
+"""Long-document classifiers, one per attention mechanism, and their evaluation by document-length bucket (each
+mechanism's own trained weights come from ``tasks/longdoc/train_long.py``; any classifier folder works too).
 
 * ``truncate-512``   — the model as fine-tuned, SDPA full attention, documents cut to 512 tokens;
 * ``chunked-512``    — 512-token chunks encoded independently, logits averaged (hierarchical pooling);
@@ -122,8 +122,13 @@ def classifier_for(mechanism: str, model_dir: str, long_cfg: LongConfig | dict):
             return model(input_ids=batch["input_ids"].to(device),
                          attention_mask=batch["attention_mask"].to(device)).logits.mean(0, keepdim=True)
     elif mechanism in ("sliding-window", "full-long"):
-        model = longify.longify(model_dir, long_cfg.max_positions, long_cfg.attention_window,
-                                "sliding" if mechanism == "sliding-window" else "full", long_cfg.attention_backend)
+        mode = "sliding" if mechanism == "sliding-window" else "full"
+        if longify.is_long(model_dir):  # trained on long inputs (train_long.py)
+            model = longify.load_long(model_dir, long_cfg.attention_backend)
+            model.set_mode(mode)
+        else:  # an ordinary classifier folder, long-ified as it is
+            model = longify.longify(model_dir, long_cfg.max_positions, long_cfg.attention_window, mode,
+                                    long_cfg.attention_backend)
 
         def forward(text: str):
             enc = encode(text, truncation=True, max_length=max_tokens)
@@ -161,23 +166,27 @@ def bucket_name(lo: int, hi: int | None) -> str:
     return f"{lo}_{hi}" if hi is not None else f"{lo}_plus"
 
 
-@torch.inference_mode()
-def evaluate_by_length(mechanism: str, model_dir: str, texts: list[str], labels: list[int], label_names: list[str],
-                       long_cfg: LongConfig | dict, buckets: list[int]) -> dict:
-    """Accuracy / macro-F1 overall and per document-length bucket (lengths in tokens, before any truncation)."""
+def score_by_length(preds: list[int], labels: list[int], lengths: list[int], label_names: list[str],
+                    buckets: list[int], majority: int | None = None) -> dict:
+    """Accuracy / macro-F1 overall and per document-length bucket (lengths in tokens, before any truncation), beside
+    the majority-class baseline (``majority``: the most frequent *training* label). ``eval/degenerate`` is 1 when the
+    model predicts a single class or does no better than that baseline on macro-F1 (the flow flags it loudly)."""
     from sklearn.metrics import accuracy_score, f1_score
-    from tqdm.auto import tqdm
 
-    run, tok = classifier_for(mechanism, model_dir, long_cfg)
-    lengths = [len(x) for x in tok(texts, add_special_tokens=True)["input_ids"]]
-    preds, t0 = [], time.perf_counter()
-    for text in tqdm(texts, desc=f"evaluate {mechanism}", unit="doc", mininterval=5.0):
-        preds.append(int(run(text).argmax(-1)))
-    seconds = time.perf_counter() - t0
     ids = list(range(len(label_names)))
-    metrics = {"eval/accuracy": float(accuracy_score(labels, preds)),
-               "eval/macro_f1": float(f1_score(labels, preds, labels=ids, average="macro", zero_division=0)),
-               "eval/seconds_per_doc": seconds / max(1, len(texts)), "eval/num_docs": len(texts)}
+
+    def f1(y, p, subset: bool = True):  # in a length bucket: over the classes that occur there (true or predicted)
+        return float(f1_score(y, p, labels=sorted(set(y) | set(p)) if subset else ids, average="macro",
+                              zero_division=0))
+
+    metrics = {"eval/accuracy": float(accuracy_score(labels, preds)), "eval/macro_f1": f1(labels, preds, False),
+               "eval/num_docs": len(labels), "eval/distinct_predictions": len(set(preds))}
+    if majority is not None:
+        base = [majority] * len(labels)
+        metrics["eval/majority_accuracy"] = float(accuracy_score(labels, base))
+        metrics["eval/majority_macro_f1"] = f1(labels, base, False)
+    metrics["eval/degenerate"] = float(len(set(preds)) <= 1 or (
+        majority is not None and metrics["eval/macro_f1"] <= metrics["eval/majority_macro_f1"]))
     edges = [0, *buckets, None]
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = [i for i, n in enumerate(lengths) if n > lo and (hi is None or n <= hi)]
@@ -186,14 +195,44 @@ def evaluate_by_length(mechanism: str, model_dir: str, texts: list[str], labels:
         if sel:
             y, p = [labels[i] for i in sel], [preds[i] for i in sel]
             metrics[f"eval/accuracy_len_{name}"] = float(accuracy_score(y, p))
-            metrics[f"eval/macro_f1_len_{name}"] = float(f1_score(y, p, labels=ids, average="macro", zero_division=0))
+            metrics[f"eval/macro_f1_len_{name}"] = f1(y, p)
+    for edge in (1024, 2048):  # the long tail, whatever the buckets
+        tail = [i for i, n in enumerate(lengths) if n > edge]
+        if tail:
+            metrics[f"eval/macro_f1_len_gt_{edge}"] = f1([labels[i] for i in tail], [preds[i] for i in tail])
+    return metrics
+
+
+@torch.inference_mode()
+def evaluate_by_length(mechanism: str, model_dir: str, texts: list[str], labels: list[int], label_names: list[str],
+                       long_cfg: LongConfig | dict, buckets: list[int], majority: int | None = None) -> dict:
+    """One mechanism over the documents: :func:`score_by_length` plus seconds per document and the attention
+    implementation that served each document."""
+    from tqdm.auto import tqdm
+
+    run, tok = classifier_for(mechanism, model_dir, long_cfg)
+    lengths = token_lengths(tok, texts)
+    preds, t0 = [], time.perf_counter()
+    for text in tqdm(texts, desc=f"evaluate {mechanism}", unit="doc", mininterval=5.0):
+        preds.append(int(run(text).argmax(-1)))
+    seconds = time.perf_counter() - t0
+    metrics = score_by_length(preds, labels, lengths, label_names, buckets, majority)
+    metrics["eval/seconds_per_doc"] = seconds / max(1, len(texts))
     for backend, count in sorted(run.backends.items()):
         metrics[f"eval/num_docs_attention_{backend}"] = count
-    long_docs = [i for i, n in enumerate(lengths) if n > 1024]
-    if long_docs:
-        metrics["eval/macro_f1_len_gt_1024"] = float(f1_score([labels[i] for i in long_docs], [preds[i] for i in long_docs],
-                                                              labels=ids, average="macro", zero_division=0))
     return {"metrics": metrics, "predictions": preds, "lengths": lengths}
+
+
+def token_lengths(tokenizer, texts: list[str]) -> list[int]:
+    tokenizer.model_max_length = 10**9
+    return [len(x) for x in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
+
+def majority_label(data_info: dict) -> int:
+    """The most frequent training label (ties: the first in label order): the baseline every table shows."""
+    train = data_mod.load_split(data_info["paths"]["train"])
+    counts = train["label"].value_counts()
+    return data_info["labels"].index(sorted(counts[counts == counts.max()].index)[0])
 
 
 @task(name="evaluate-mechanism", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
@@ -205,5 +244,5 @@ def evaluate_task(mechanism: str, model_dir: str, data_info: dict, long_cfg: Lon
         test = test.iloc[: eval_cfg.max_docs]
     labels = data_info["labels"]
     res = evaluate_by_length(mechanism, model_dir, test["text"].tolist(), [labels.index(l) for l in test["label"]],
-                             labels, long_cfg, eval_cfg.buckets)
+                             labels, long_cfg, eval_cfg.buckets, majority_label(data_info))
     return {"metrics": res["metrics"]}

@@ -218,6 +218,12 @@ def load_docs(cfg: SummarizeConfig) -> tuple[list[dict], str]:
         return load_jsonl(d.path, d.text_field, d.summary_field), f"jsonl:{d.path}"
     if d.source.startswith("hf:"):
         return load_hf(d.source[3:], d), d.source
+    if d.source == "keps":  # packaged; reference = the KEP's own Summary section (13 documents without one left out)
+        from tasks.core.data import read_keps
+
+        keps = read_keps()
+        return ([{"id": r.id, "text": r.text, "summary": r.summary} for r in keps.itertuples() if str(r.summary).strip()],
+                "keps (packaged; reference = the KEP's Summary section)")
     return load_bbc_headlines(), "bbc-headlines (packaged corpus; headline as reference)"
 
 

@@ -1,0 +1,129 @@
+"""Each long-document mechanism trained for what it does, from the same pretrained checkpoint and with the same
+number of optimizer steps (recorded per run):
+
+* ``truncate-512`` — the classifier fine-tuned on each document's first ``chunk_tokens`` tokens;
+* ``chunked-512`` — fine-tuned on ``chunk_tokens``-token chunks that carry their document's label (at inference the
+  chunks' logits are averaged, ``tasks/longdoc/mechanisms.py``);
+* ``sliding-window`` / ``full-long`` — long-ified first (``tasks/longdoc/longify.py``), then fine-tuned on inputs
+  up to ``long_train.max_tokens``: Longformer's recipe (a long model that never saw a long input cannot use one).
+
+Class imbalance: class-weighted cross-entropy (``long_train.class_weights``). Steps: ``max_steps``, else epochs over
+the training *documents* (the same for every mechanism, so chunked training sees more chunks per step, not more
+steps). The shared loop is ``tasks.core.train.train_loop`` (resumable checkpoints, progress bar, DDP).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import task
+
+from tasks.core import data as data_mod
+from tasks.core import models
+from tasks.core.config import LongConfig, LongTrainConfig, ModelConfig
+from tasks.core.orchestrate import CACHE
+from tasks.core.train import set_seed, train_loop
+from tasks.longdoc import longify
+
+SHORT = ("truncate-512", "chunked-512")
+LONG = ("sliding-window", "full-long")
+
+
+def class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights (scikit-learn's "balanced": n / (k * count)); a class absent from training gets 1."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    w = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 1.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def chunk_texts(tokenizer, texts: list[str], labels: list[int], chunk_tokens: int, max_tokens: int):
+    """Cut each document into pieces of ``chunk_tokens - 2`` tokens (room for [CLS]/[SEP]), up to ``max_tokens``, as
+    substrings of the original text (token offsets, so nothing is lost to decoding); each keeps the label."""
+    out_texts, out_labels = [], []
+    size = chunk_tokens - 2
+    for text, label in zip(texts, labels):
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"][:max_tokens]
+        for start in range(0, max(1, len(offsets)), size):
+            piece = offsets[start : start + size]
+            out_texts.append(text[piece[0][0] : piece[-1][1]] if piece else text)
+            out_labels.append(label)
+    return out_texts, out_labels
+
+
+def steps_for(n_docs: int, cfg: LongTrainConfig) -> int:
+    return cfg.max_steps or max(1, math.ceil(math.ceil(n_docs / cfg.batch_size) * cfg.epochs))
+
+
+def train_mechanism(mechanism: str, model_cfg: ModelConfig, long_cfg: LongConfig, train_cfg: LongTrainConfig,
+                    data: dict, seed: int, work_dir: str) -> dict:
+    """-> {"model_dir", "mechanism", "steps", "train_seconds", ...}. Resumes from its checkpoint; a finished folder
+    (manifest written last) is reused."""
+    if mechanism not in SHORT + LONG:
+        raise ValueError(f"unknown mechanism {mechanism!r}: trainable ones are {', '.join(SHORT + LONG)}")
+    work = Path(work_dir)
+    final = work / "model"
+    if (final / models.MANIFEST).is_file():
+        return {"model_dir": str(final), "mechanism": mechanism, "reused": True,
+                **models.read_manifest(final).get("train", {})}
+    work.mkdir(parents=True, exist_ok=True)
+    set_seed(seed)
+    labels = data["labels"]
+    train = data_mod.load_split(data["paths"]["train"])
+    texts, ys = train["text"].tolist(), [labels.index(x) for x in train["label"]]
+    tokenizer = models.load_tokenizer(model_cfg.source, model_cfg.trust_remote_code, model_cfg.revision)
+    tokenizer.model_max_length = 10**9
+    steps = steps_for(len(texts), train_cfg)
+    cfg = train_cfg.model_copy(update={"max_steps": steps})
+    weights = class_weights(ys, len(labels)) if train_cfg.class_weights else None
+    model = models.load_classifier(model_cfg.source, labels, model_cfg.trust_remote_code, model_cfg.revision)
+
+    if mechanism in SHORT:
+        if mechanism == "chunked-512":
+            texts, ys = chunk_texts(tokenizer, texts, ys, train_cfg.chunk_tokens, long_cfg.max_tokens)
+
+        def loss_fn(m, batch, idx):
+            logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return torch.nn.functional.cross_entropy(logits, batch["labels"], weight=_on(weights, logits))
+
+        stats = train_loop(model, tokenizer, texts, ys, cfg, seed, train_cfg.chunk_tokens, work, loss_fn=loss_fn,
+                           desc=f"train {mechanism}")
+        summary = {k: v for k, v in stats.items() if k != "losses"}
+        models.save_hf(model.cpu(), tokenizer, final, labels=labels, max_length=train_cfg.chunk_tokens,
+                       source=model_cfg.source, train={**summary, "mechanism": mechanism, "documents": len(train)})
+    else:
+        long = longify.LongClassifier(model, long_cfg.max_positions, long_cfg.attention_window,
+                                      "sliding" if mechanism == "sliding-window" else "full", long_cfg.attention_backend)
+        if train_cfg.gradient_checkpointing:
+            long.gradient_checkpointing = True
+
+        def loss_fn(m, batch, idx):
+            logits = m(batch["input_ids"], batch["attention_mask"])
+            return torch.nn.functional.cross_entropy(logits, batch["labels"], weight=_on(weights, logits))
+
+        stats = train_loop(long, tokenizer, texts, ys, cfg, seed, min(train_cfg.max_tokens, long_cfg.max_positions),
+                           work, loss_fn=loss_fn, desc=f"train {mechanism}")
+        summary = {k: v for k, v in stats.items() if k != "losses"}
+        longify.save_long(long.cpu(), tokenizer, final, labels=labels, source=model_cfg.source,
+                          train={**summary, "mechanism": mechanism, "documents": len(train),
+                                 "train_max_tokens": min(train_cfg.max_tokens, long_cfg.max_positions)})
+    return {"model_dir": str(final), "mechanism": mechanism, "reused": False, **summary}
+
+
+def _on(weights: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    return None if weights is None else weights.to(like.device)
+
+
+def metrics(trained: dict | None) -> dict:
+    """The training record of a mechanism (steps, time) under stable metric keys; nothing for untrained ones."""
+    if not trained:
+        return {}
+    keys = {"steps": "train/steps", "train_seconds": "train/seconds", "samples_per_second": "train/samples_per_second",
+            "final_loss": "train/final_loss"}
+    return {k2: trained[k] for k, k2 in keys.items() if trained.get(k) is not None}
+
+
+train_mechanism_task = task(train_mechanism, name="train-mechanism", cache_policy=CACHE, persist_result=True,
+                            retries=1, retry_delay_seconds=2)
