@@ -51,7 +51,7 @@ def fit_predict(name: str, train: tuple[list[str], list[int]], val: tuple[list[s
 
 
 def evaluate(name: str, data_info: dict, model_cfg: ModelConfig, eval_cfg: LongEvalConfig) -> dict:
-    """-> {"metrics": {...same keys as the neural mechanisms...}, "params": {"C", "val_macro_f1"}}."""
+    """-> {"metrics": {...same keys as the neural mechanisms...}, "params": {"C", "val_macro_f1"}, "predictions"}."""
     if name not in CLASSIC:
         raise ValueError(f"unknown classic peer {name!r}; choose from {', '.join(CLASSIC)}")
     labels = data_info["labels"]
@@ -71,7 +71,7 @@ def evaluate(name: str, data_info: dict, model_cfg: ModelConfig, eval_cfg: LongE
     metrics = score_by_length(preds, y["test"][: len(test)], token_lengths(tok, test["text"].tolist()), labels,
                               eval_cfg.buckets, majority_label(data_info))
     metrics["eval/seconds_per_doc"] = seconds / max(1, len(test))  # fit and predict, per test document
-    return {"metrics": metrics, "params": params}
+    return {"metrics": metrics, "params": params, "predictions": preds}
 
 
 evaluate_task = task(evaluate, name="evaluate-classic", cache_policy=CACHE, persist_result=True)
