@@ -170,9 +170,8 @@ def main() -> int:
 
     summaries = {}
     if not a.no_summaries:
-        enc = next((r for r in (runs.get("truncate-512") or [])), None)
-        enc_dir = str(work / f"seed{a.seeds[0]}" / "truncate-512" / "model") if enc else None
-        if enc_dir is None:
+        enc_dir = str(work / f"seed{a.seeds[0]}" / "truncate-512" / "model") if "truncate-512" in runs else None
+        if enc_dir is None:  # no trained classifier: the pretrained encoder with a throwaway head
             from tasks.core import models
 
             base = models.load_classifier(a.model, ["a", "b"])

@@ -33,9 +33,12 @@ LONG = ("sliding-window", "full-long")
 
 
 def class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights (scikit-learn's "balanced": n / (k * count)); a class absent from training gets 1."""
-    counts = np.bincount(labels, minlength=n_classes).astype(float)
-    w = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 1.0)
+    """scikit-learn's "balanced" weights for the classes present in training; a class absent from it gets 1."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    w = np.ones(n_classes)
+    w[present] = compute_class_weight("balanced", classes=present, y=labels)
     return torch.tensor(w, dtype=torch.float32)
 
 
