@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, markdown_table, parser, write_results
 
-NEURAL = ["truncate-512", "chunked-512", "sliding-window", "full-long"]
+NEURAL = ["truncate-512", "chunked-512", "hierarchical", "sliding-window", "full-long"]
 CLASSIC = ["tfidf-first512", "tfidf-whole"]
 
 
@@ -83,6 +83,7 @@ def main() -> int:
     ap.add_argument("--model", default="packaged:minilm-l6")
     ap.add_argument("--bbc-summary", default=str(ROOT.parent / "shared" / "data" / "bbc-news-summary"))
     ap.add_argument("--no-summaries", action="store_true")
+    ap.add_argument("--summary-epochs", type=float, default=2.0, help="fine-tuning of the extractive scorer")
     ap.add_argument("--work", type=Path, default=None)
     a = ap.parse_args()
 
@@ -181,14 +182,15 @@ def main() -> int:
             sets["bbc-news-summary"] = {"source": "bbc-summary", "path": a.bbc_summary, "max_docs": 800}
         for ds, d in sets.items():
             res = summarize.run({"data": d, "k_values": [1, 2, 3, 4, 5, 6, 8], "max_tokens": 1024,
-                                 "oracle_max_sentences": 8}, {"max_positions": 4096, "attention_window": a.window,
+                                 "oracle_max_sentences": 8, "scorer": {"epochs": a.summary_epochs}}, {"max_positions": 4096, "attention_window": a.window,
                                                               "device": a.device}, enc_dir, 42, str(work / f"sum-{ds}"))
             summaries[ds] = {m: round(r["metrics"]["eval/rouge2"], 4) for m, r in res["methods"].items()}
-            summaries[ds + "_detail"] = {m: {"k": r.get("k"), **{k: round(v, 4) for k, v in r["metrics"].items()}}
+            summaries[ds + "_detail"] = {m: {"k": r.get("k"), "budget_words": r.get("budget_words"),
+                                             **{k: round(v, 4) for k, v in r["metrics"].items()}}
                                          for m, r in res["methods"].items()}
 
     neural = {k: v for k, v in mech_json.items() if k in NEURAL}
-    best_long = max((k for k in neural if k in ("sliding-window", "full-long", "chunked-512")),
+    best_long = max((k for k in neural if k in ("sliding-window", "full-long", "chunked-512", "hierarchical")),
                     key=lambda k: neural[k]["macro_f1_mean"], default=None)
     checks = []
     if best_long and ref:

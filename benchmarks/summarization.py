@@ -37,7 +37,7 @@ def main() -> int:
     t0 = time.perf_counter()
     res = summarize.run(cfg, {"max_positions": 4096, "attention_window": 256}, model_dir, 42, tempfile.mkdtemp())
     seconds = time.perf_counter() - t0
-    table = markdown_table([{"method": name, "k": r.get("k"), "ROUGE-1": f"{m['eval/rouge1']:.4f}",
+    table = markdown_table([{"method": name, "budget": r.get("budget_words", r.get("k")), "ROUGE-1": f"{m['eval/rouge1']:.4f}",
                              "ROUGE-2": f"{m['eval/rouge2']:.4f}", "ROUGE-L": f"{m['eval/rougeL']:.4f}",
                              "words": f"{m['eval/summary_words']:.1f}", "s/doc": f"{m['eval/seconds_per_doc']:.4f}"}
                             for name, r in res["methods"].items() for m in [r["metrics"]]], disable_numparse=True)

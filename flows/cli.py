@@ -3,6 +3,7 @@
     effilm run mobile-bert --profile quick --set train.epochs=1
     effilm run all --profile quick
     effilm validate mobile-bert --profile full
+    effilm search mobile-bert [--trials 24 | --time-budget 2h] [--sampler tpe|nsga2|random]
     effilm compare [--experiment effilm/mobile-bert] [--run RUN_ID] [--metrics 'eval/*' ...]
     effilm reproduce RUN_ID [--force]
     effilm server start|stop|status          # a local Prefect server with the scheduler
@@ -53,6 +54,39 @@ def cmd_run(a) -> int:
     for study in studies:
         result = flows[study](profile=a.profile, overrides=a.set or [], config_path=a.config)
         print(f"{study}: MLflow parent run {result['parent_run_id']}; report {result['report']['markdown']}", flush=True)
+    return 0
+
+
+def parse_duration(text: str) -> float:
+    """'2h', '90m', '45s', '1.5h' or plain minutes -> minutes."""
+    units = {"h": 60.0, "m": 1.0, "s": 1 / 60}
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ConfigError("--time-budget", None, f"not a duration: {text!r} (use e.g. 2h, 90m, 45s)")
+    return value
+
+
+def cmd_search(a) -> int:
+    if a.case_study != "mobile-bert":
+        raise ConfigError("effilm search", "case_study", f"the recipe search is for mobile-bert, not '{a.case_study}'")
+    sets = list(a.set or [])
+    if a.trials is not None:
+        sets.append(f"search.trials={a.trials}")
+    if a.time_budget is not None:
+        sets.append(f"search.time_budget_minutes={parse_duration(a.time_budget)}")
+    if a.sampler is not None:
+        sets.append(f"search.sampler={a.sampler}")
+    load_config(a.case_study, a.profile, sets, a.config)  # a typo costs no run
+    from flows.search import search_mobile_bert
+
+    result = search_mobile_bert(profile=a.profile, overrides=sets, config_path=a.config)
+    print(f"search: MLflow parent run {result['parent_run_id']}; study {result['study']} ({result['storage']}); "
+          f"{len(result['rows'])} trials, hypervolume {result['hypervolume']:.4f}\n{result['selection']}\n"
+          f"report {result['report']['markdown']}", flush=True)
     return 0
 
 
@@ -169,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     study_args(v)
     v.add_argument("--show", action="store_true", help="print the resolved configuration")
     v.set_defaults(fn=cmd_validate)
+    sr = sub.add_parser("search", help="search compression recipes (multi-objective, Optuna) under the constraints")
+    study_args(sr)
+    sr.add_argument("--trials", type=int, help="trials to finish, counted across resumes (default search.trials)")
+    sr.add_argument("--time-budget", help="stop asking for new trials after this long, e.g. 2h, 90m")
+    sr.add_argument("--sampler", choices=["tpe", "nsga2", "random"], help="default search.sampler (tpe)")
+    sr.set_defaults(fn=cmd_search)
     c = sub.add_parser("compare", help="the variants of a flow run side by side (terminal, CSV, markdown)")
     c.add_argument("--experiment", help="MLflow experiment (default effilm/mobile-bert); its newest flow run is shown")
     c.add_argument("--run", help="a flow (parent) run id, or one of its variant runs")
@@ -215,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    if args.command in ("run", "serve", "reproduce"):
+    if args.command in ("run", "serve", "reproduce", "search"):
         from flows import server
 
         url = server.api_url()  # a server from `effilm server start` in this folder (Prefect reads this at import)

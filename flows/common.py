@@ -17,10 +17,11 @@ from tasks.core.orchestrate import code_version
 
 
 @contextlib.contextmanager
-def flow_run(cfg, study: str) -> Iterator[tuple[str, dict]]:
+def flow_run(cfg, study: str, label: str | None = None) -> Iterator[tuple[str, dict]]:
     """How every case-study flow starts: mark runs of killed flow processes KILLED; preflight (bad data or an
     unavailable model fails here, before any MLflow run exists); open the parent run and record the config, the
-    environment and the data. Yields ``(parent_run_id, data_info)``; the parent run ends with the ``with`` block."""
+    environment and the data. Yields ``(parent_run_id, data_info)``; the parent run ends with the ``with`` block.
+    ``label`` names the parent run (default: the study), e.g. ``mobile-bert-search``."""
     logger = get_run_logger()
     reaped = tracking.reap_stale_runs(cfg.experiment)
     if reaped:
@@ -28,7 +29,7 @@ def flow_run(cfg, study: str) -> Iterator[tuple[str, dict]]:
     data_info = data.load_data_task(cfg.data, cfg.seed, str(Path(cfg.output_dir)))
     models.check_source(cfg.model.source, cfg.model.trust_remote_code, cfg.model.revision)
 
-    with tracking.run(cfg.experiment, f"{study}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}",
+    with tracking.run(cfg.experiment, f"{label or study}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}",
                       {**base_tags(study, cfg.profile, data_info["fingerprint"]), "variant": "parent"}) as parent:
         tracking.log_config(parent, cfg.model_dump(mode="json"), config.to_flat_params(cfg))
         tracking.log_environment(parent)

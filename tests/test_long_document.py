@@ -186,14 +186,14 @@ def test_long_document_flow_end_to_end(tiny_cls, tiny_model_dir, mlflow_uri, tmp
     client = MlflowClient(mlflow_uri)
     runs = {r.data.tags["variant"]: r for r in client.search_runs(
         [client.get_experiment_by_name("effilm/long-document").experiment_id])}
-    assert {"parent", "truncate-512", "chunked-512", "sliding-window", "full-long", "hf-longformer",
+    assert {"parent", "truncate-512", "chunked-512", "hierarchical", "sliding-window", "full-long", "hf-longformer",
             "tfidf-first512", "tfidf-whole", "lead-k", "textrank", "extractive-long"} <= set(runs)
     assert all(r.info.status == "FINISHED" for r in runs.values())
     sw = runs["sliding-window"].data.metrics
     assert {"eval/macro_f1", "eval/num_docs_len_0_512", "bench/latency_ms_L1024", "bench/peak_rss_mb_L256"} <= set(sw)
     # every trained mechanism: the same number of optimizer steps, recorded; the conversions are not trained
-    assert {runs[m].data.metrics["train/steps"] for m in ("truncate-512", "chunked-512", "sliding-window",
-                                                           "full-long")} == {2.0}
+    assert {runs[m].data.metrics["train/steps"] for m in ("truncate-512", "chunked-512", "hierarchical",
+                                                           "sliding-window", "full-long")} == {2.0}
     assert "train/steps" not in runs["hf-longformer"].data.metrics
     # the packaged KEPs are the default data: 14 classes, real long documents in the test slice
     assert sw["eval/num_docs"] == 8 and "eval/macro_f1_len_gt_2048" in sw
@@ -241,7 +241,7 @@ def test_keps_are_packaged_with_their_own_split(tmp_path):
     assert len(docs) == 605 and all(d["summary"].strip() for d in docs) and where.startswith("keps")
 
 
-@pytest.mark.parametrize("mech", ["truncate-512", "chunked-512", "sliding-window", "full-long"])
+@pytest.mark.parametrize("mech", ["truncate-512", "chunked-512", "hierarchical", "sliding-window", "full-long"])
 def test_each_mechanism_trains_for_what_it_does(tiny_cls, bbc_slice, tmp_path, mech):
     """Same steps for each; chunked trains on chunks (more samples per epoch, not more steps); the long models on
     long inputs, saved as a long folder that loads back with every weight and classifies."""
@@ -287,3 +287,111 @@ def test_tfidf_peers_choose_on_validation(bbc_slice, tiny_cls):
     assert m["eval/accuracy"] > m["eval/majority_accuracy"]  # a bag of words beats the majority class on BBC
     cut = classic.first_tokens(AutoTokenizer.from_pretrained(tiny_cls), ["a b c d e f g h"], 3)
     assert cut == ["a b c"]
+
+
+def test_hierarchical_chunks_a_document_and_round_trips(tiny_cls, tmp_path):
+    """Chunks of chunk_tokens led by [CLS], only the ones holding tokens encoded; a one-chunk document's vector is
+    the encoder's own [CLS]; a saved model loads back with every weight (same logits)."""
+    from tasks.longdoc import hierarchical
+
+    model = hierarchical.from_classifier(models.load_hf_model(tiny_cls), 3, chunk_tokens=64, max_tokens=300).eval()
+    assert model.max_chunks == 5  # ceil(299 / 63)
+    ids = torch.randint(1000, 5000, (2, 151))
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+    mask[1, 40:] = 0  # the second document is 40 tokens long: one chunk
+    chunk_ids, chunk_mask, present = model.chunks(ids, mask)
+    assert chunk_ids.shape == (2 * 3, 64) and (chunk_ids[:, 0] == 101).all()
+    assert present.tolist() == [[True, True, True], [True, False, False]]
+    assert torch.equal(chunk_ids[1, 1:], ids[0, 64:127])  # the second chunk continues where the first stopped
+    with torch.no_grad():
+        alone = model.encoder(input_ids=ids[1:, :40], attention_mask=mask[1:, :40]).last_hidden_state[:, 0]
+        inside = model.encoder(input_ids=chunk_ids[3:4], attention_mask=chunk_mask[3:4]).last_hidden_state[:, 0]
+        assert torch.allclose(alone, inside, atol=1e-5)
+        logits = model(ids, mask)
+    assert logits.shape == (2, 3)
+    tok = models.load_tokenizer(tiny_cls)
+    folder = hierarchical.save(model, tok, tmp_path / "h", labels=["a", "b", "c"])
+    assert hierarchical.is_hierarchical(folder) and not longify.is_long(folder)
+    with torch.no_grad():
+        assert torch.allclose(hierarchical.load(folder)(ids, mask), logits, atol=1e-6)
+
+
+def test_training_keeps_the_epoch_that_scored_best_on_validation(tiny_cls, bbc_slice, tmp_path):
+    """train_loop restores the weights of the best score_fn call; train_long scores validation macro-F1 per epoch,
+    and the saved model is the chosen epoch's (its validation score is the recorded best)."""
+    from tasks.core.config import LongConfig, LongTrainConfig, ModelConfig
+    from tasks.core.train import train_loop
+    from tasks.longdoc import train_long
+
+    model = models.load_classifier(tiny_cls, ["a", "b", "c"])
+    tok = models.load_tokenizer(tiny_cls)
+    seen = []
+
+    def score(m):  # the first epoch "wins": its weights must come back, not the last epoch's
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+        return 1.0 if len(seen) == 1 else 0.0
+
+    stats = train_loop(model, tok, ["some text here"] * 8, [0, 1, 2, 0, 1, 2, 0, 1],
+                       {"epochs": 3, "batch_size": 4, "learning_rate": 1e-2, "device": "cpu"}, 0, 32,
+                       tmp_path / "loop", score_fn=score)
+    assert len(seen) == 3 and stats["best_epoch"] == 1.0 and [e for e, _ in stats["val_scores"]] == [1.0, 2.0, 3.0]
+    assert all(torch.equal(v, seen[0][k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, seen[-1][k]) for k, v in model.state_dict().items())
+
+    cfg = LongTrainConfig(epochs=2, batch_size=16, max_tokens=128, chunk_tokens=64, device="cpu")
+    res = train_long.train_mechanism("truncate-512", ModelConfig(source=tiny_cls), LongConfig(**LONG), cfg,
+                                     bbc_slice, 0, str(tmp_path / "w"))
+    assert res["best_epoch"] in (1.0, 2.0) and len(res["val_scores"]) == 2
+    scorer = train_long.validation_scorer("truncate-512", tiny_cls, LongConfig(**LONG), bbc_slice)
+    assert scorer(models.load_hf_model(res["model_dir"])) == pytest.approx(res["best_val_score"])
+    assert train_long.metrics(res)["train/best_val_macro_f1"] == res["best_val_score"]
+
+
+def test_length_budget_centroid_and_oracle_order():
+    sents = ["one two three four five.", "six seven.", "eight nine ten eleven.", "twelve."]
+    assert summarize.within_budget(sents, [0, 2, 1, 3], 8) == [0, 1, 3]  # 5 + 2 + 1 words; the 4-word one is skipped
+    assert summarize.within_budget(sents, [2, 0], 1) == [2]  # the top sentence always, even over the budget
+    c = summarize.centroid_scores(["Markets fell on rate fears.", "Markets fell again.", "The cat sat."])
+    assert c.argmax() in (0, 1) and c[2] == c.min()
+    sents = ["The cat sat on the mat.", "Rain is expected in the north.", "Stocks fell sharply today."]
+    order = summarize._oracle_order(sents, "Stocks fell sharply. The cat sat on the mat.")
+    assert sorted(order) == [0, 1, 2] and set(order[:2]) == {0, 2} and order[2] == 1
+
+
+def test_extractive_scorer_learns_which_sentence_the_reference_takes(tiny_cls):
+    """The long encoder trained on oracle labels: documents whose reference is always the sentence that names a
+    zebra, wherever it stands. Untrained, the scorer ranks it first about as often as chance; trained (warm head, then
+    end-to-end epochs, the best state on validation kept), far more often on unseen documents."""
+    import random
+
+    from tasks.core.config import ScorerConfig
+
+    rng = random.Random(0)
+    filler = ["The committee met on Tuesday.", "Sales were flat in March.", "Officials gave no details.",
+              "The report runs to forty pages.", "Weather delayed the work."]
+
+    def doc():
+        sents = rng.sample(filler, 4)
+        pos = rng.randrange(5)
+        sents.insert(pos, "A zebra escaped from the zoo.")
+        return sents, pos
+
+    tok = models.load_tokenizer(tiny_cls)
+    scorer = summarize.SentenceScorer(longify.longify(tiny_cls, 2048, 32, "sliding"), torch.device("cpu"))
+    val, test = [doc() for _ in range(10)], [doc() for _ in range(30)]
+
+    def hits(docs):
+        return sum(int(np.argmax(scorer.scores(tok, s, 512)) == pos) for s, pos in docs)
+
+    before = hits(test)
+    examples = []
+    for _ in range(40):
+        s, pos = doc()
+        ids, marks = summarize.marked(tok, s, 512)
+        examples.append((ids, marks, [int(i == pos) for i in range(len(s))]))
+    stats = scorer.train(examples, ScorerConfig(epochs=2, learning_rate=1e-4), seed=0, validate=lambda: hits(val))
+    after = hits(test)
+    assert stats["steps"] == 80 and stats["oracle_positive_rate"] == pytest.approx(0.2)
+    assert [e for e, _ in stats["val_scores"]] == [0.0, 1.0, 2.0] and stats["best_epoch"] in (0.0, 1.0, 2.0)
+    assert after >= 25 and after > before + 10, (before, after)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import warnings
 
 import torch
@@ -123,7 +124,13 @@ def export_pte(model_dir: str, step: ExportStep, out_dir: str) -> str:
     return out_dir
 
 
+# torch's exporters keep process-wide state (torch.onnx: ``GLOBALS.in_onnx_export``; seen to fail with "must be
+# False" when a search built two ONNX exports at once on the thread task runner): one export at a time per process.
+_EXPORTING = threading.Lock()
+
+
 def compress(model_dir: str, step: ExportStep, ctx: StepContext) -> str:
     export = {"onnx": export_onnx, "pte": export_pte}[step.format]  # the schema admits these two formats only
-    return export(model_dir, step, ctx.out_dir)
+    with _EXPORTING:
+        return export(model_dir, step, ctx.out_dir)
 

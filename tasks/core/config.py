@@ -109,6 +109,8 @@ class LongTrainConfig(TrainConfig):
     chunk_tokens: int = Field(512, ge=16, le=512, description="input length of truncate-512 and of chunked-512's chunks")
     class_weights: bool = Field(True, description="class-weighted cross-entropy (balanced) for imbalanced labels")
     gradient_checkpointing: bool = Field(False, description="recompute long-model layers in backward (less memory)")
+    select_on_validation: bool = Field(True, description="score validation macro-F1 after every epoch and keep the "
+                                       "best epoch's weights (only when training lasts more than one epoch)")
 
 
 class EvaluateConfig(Strict):
@@ -316,6 +318,97 @@ class SelectConfig(Strict):
     register_model: bool = True
 
 
+RUNTIMES = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8", "pte-fp32", "pte-int8")
+OBJECTIVES = ("accuracy", "latency", "size", "runtime_rss")
+
+
+class SearchSpace(Strict):
+    """The recipe space of ``effilm search``: each key lists the values a trial may pick (a one-value list fixes it).
+    A recipe is: distill the teacher into ``layers`` of its layers (picked ``layer_pick``), remove ``heads_fraction``
+    of the attention heads and ``ffn_fraction`` of every FFN (structured, with a recovery fine-tune), optionally trim
+    the vocabulary to the training corpus, then run in one ``runtime``."""
+
+    layers: list[int] = Field(default_factory=lambda: [2, 3, 4], min_length=1, description="encoder layers kept")
+    layer_pick: list[Literal["spread", "bottom", "top"]] = Field(
+        default_factory=lambda: ["spread", "bottom"], min_length=1,
+        description="which layers: spread (evenly, e.g. 3 of 6 = 0,2,4), bottom (the first k), top (the last k)")
+    temperature: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0], min_length=1)
+    alpha: list[float] = Field(default_factory=lambda: [0.5, 0.8], min_length=1, description="weight of the soft loss")
+    hidden_mse: list[float] = Field(default_factory=lambda: [0.0, 1.0], min_length=1)
+    heads_fraction: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5], min_length=1)
+    ffn_fraction: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75], min_length=1)
+    recovery_epochs: list[float] = Field(default_factory=lambda: [0.5], min_length=1,
+                                         description="fine-tune after structured pruning")
+    vocab_trim: list[bool] = Field(default_factory=lambda: [True, False], min_length=1)
+    vocab_min_count: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1], min_length=1, description="a trimmed vocabulary keeps tokens seen this often "
+        "(the int8 embedding table is most of a small model's size)")
+    runtime: list[Literal[RUNTIMES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8", "pte-int8"], min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchSpace":
+        if any(k < 1 for k in self.layers):
+            raise ValueError("layers: keep at least 1 layer")
+        for key in ("heads_fraction", "ffn_fraction"):
+            if any(not 0 <= f < 1 for f in getattr(self, key)):
+                raise ValueError(f"{key}: fractions must be in [0, 1)")
+        if any(not 0 <= a <= 1 for a in self.alpha):
+            raise ValueError("alpha: must be in [0, 1]")
+        if any(t <= 0 for t in self.temperature):
+            raise ValueError("temperature: must be > 0")
+        if any(r.startswith("pte") for r in self.runtime) and importlib.util.find_spec("executorch") is None:
+            raise ValueError("runtime: pte-* runtimes need ExecuTorch, which is not installed: pip install "
+                             "'effilm[mobile]' (or drop them from search.space.runtime)")
+        return self
+
+
+class SearchConfig(Strict):
+    """``effilm search mobile-bert``: a multi-objective recipe search (Optuna) under the ``constraints``."""
+
+    trials: int = Field(24, ge=1, description="trials to finish (completed or stopped early), counted across resumes")
+    time_budget_minutes: float | None = Field(None, gt=0, description="stop asking for new trials after this long")
+    sampler: Literal["tpe", "nsga2", "random"] = Field(
+        "tpe", description="tpe: Optuna's multi-objective TPE (learns from the first trials: right for budgets of "
+        "tens of trials); nsga2: evolutionary (needs generations of ~population_size trials); random: the baseline")
+    population_size: int = Field(8, ge=2, description="nsga2 only: trials per generation")
+    startup_trials: int = Field(6, ge=1, description="tpe only: random trials before the model takes over")
+    seed: int = 0
+    objectives: list[Literal[OBJECTIVES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["accuracy", "latency", "size", "runtime_rss"], min_length=2,
+        description="validation accuracy (max), p50 ms at batch 1 / 1 thread, MB on disk, runtime peak RSS (min)")
+    space: SearchSpace = Field(default_factory=SearchSpace)
+    seed_recipes: list[dict[str, Any]] = Field(
+        default_factory=list, description="recipes (space keys -> one value) tried first, e.g. the hand-written one; "
+        "they count toward the trials")
+    early_stop_margin: float | None = Field(
+        0.02, ge=0, le=1, description="stop a trial after distillation when the student's validation accuracy is "
+        "below teacher - constraints.max_accuracy_drop - this margin (later steps only remove capacity); null: never")
+    benchmark: BenchmarkConfig = Field(
+        default_factory=lambda: BenchmarkConfig(batch_sizes=[1], threads=[1]),
+        description="each trial's benchmark (the objective is p50 at batch 1 / 1 thread)")
+    study_name: str | None = Field(None, description="default: derived from the case study, space and inputs")
+    storage: str | None = Field(None, description="Optuna storage URL; default: beside the MLflow store (sqlite: "
+                                "<store>.optuna.db; PostgreSQL: schema optuna of the same database)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchConfig":
+        if len(set(self.objectives)) != len(self.objectives) or "accuracy" not in self.objectives:
+            raise ValueError("objectives: list each objective once, accuracy included")
+        if 1 not in self.benchmark.batch_sizes or 1 not in self.benchmark.threads:
+            raise ValueError("benchmark: the latency objective needs batch size 1 and 1 thread")
+        for i, recipe in enumerate(self.seed_recipes):
+            unknown = set(recipe) - set(SearchSpace.model_fields)
+            if unknown:
+                raise ValueError(f"seed_recipes: recipe {i} has unknown key(s) {sorted(unknown)}; keys: "
+                                 f"{', '.join(SearchSpace.model_fields)}")
+            for key, value in recipe.items():
+                if value not in getattr(self.space, key):
+                    raise ValueError(f"seed_recipes: recipe {i}: {key}={value!r} is not one of space.{key} "
+                                     f"{getattr(self.space, key)} (add it there)")
+        return self
+
+
 class MobileBertConfig(Strict):
     name: Literal["mobile-bert"] = "mobile-bert"
     experiment: str = "effilm/mobile-bert"
@@ -332,6 +425,7 @@ class MobileBertConfig(Strict):
     constraints: Constraints = Field(default_factory=Constraints)
     variants: list[Variant] = Field(default_factory=list)
     select: SelectConfig = Field(default_factory=SelectConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
     @model_validator(mode="after")
     def _check_variants(self) -> "MobileBertConfig":
@@ -350,7 +444,7 @@ class MobileBertConfig(Strict):
 
 # ------------------------------------------------------------------------------------ long documents
 
-MECHANISMS = ("truncate-512", "chunked-512", "sliding-window", "full-long", "hf-longformer", "bigbird")
+MECHANISMS = ("truncate-512", "chunked-512", "hierarchical", "sliding-window", "full-long", "hf-longformer", "bigbird")
 
 
 class LongConfig(Strict):
@@ -387,9 +481,10 @@ class ScalingConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "ScalingConfig":
-        bad = [m for m in self.mechanisms if m not in MECHANISMS]
+        bad = [m for m in self.mechanisms if m not in MECHANISMS or m == "hierarchical"]
         if bad:
-            raise ValueError(f"mechanisms: unknown mechanism '{bad[0]}'; choose from {', '.join(MECHANISMS)}")
+            raise ValueError(f"mechanisms: '{bad[0]}' cannot be swept (hierarchical needs its trained weights); "
+                             f"choose from {', '.join(m for m in MECHANISMS if m != 'hierarchical')}")
         return self
 
 
@@ -416,10 +511,26 @@ class SummarizeData(Strict):
         return self
 
 
+class ScorerConfig(Strict):
+    """Fine-tuning of the long encoder as the extractive sentence scorer (on greedy-ROUGE oracle labels)."""
+
+    epochs: float = Field(1.0, gt=0, description="passes over the training documents (one document per step)")
+    learning_rate: float = Field(3e-5, gt=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_train_docs: int | None = Field(None, ge=1, description="train on at most this many documents")
+
+
 class SummarizeConfig(Strict):
     enabled: bool = True
     data: SummarizeData = Field(default_factory=SummarizeData)
-    k_values: list[int] = Field(default_factory=lambda: [1, 2, 3], description="lead-k / top-k candidates, chosen on validation")
+    budget: Literal["words", "k"] = Field(
+        "words", description="words: every method fills the same word budget (k_values scaled: the budget is chosen "
+        "on validation for the method under test and applied to all), so scores compare at equal length; k: each "
+        "method's own top-k sentences, k chosen on validation")
+    k_values: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 2, 3], min_length=1,
+                                                        description="sentence counts tried on validation "
+                                "(budget words: k x the training references' mean sentence length in words)")
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     max_tokens: int = Field(1024, ge=64, description="tokens of the document the extractive encoder reads")
     oracle_max_sentences: int = Field(4, ge=1)
     abstractive_model: str | None = Field(None, description="LED / seq2seq model id or folder (full profile)")

@@ -105,7 +105,8 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    format: Literal["hf", "hf-sparse", "int8", "onnx", "pte", "long"] = "hf"  # long: tasks/longdoc/longify.py
+    # long: tasks/longdoc/longify.py; hierarchical: tasks/longdoc/hierarchical.py
+    format: Literal["hf", "hf-sparse", "int8", "onnx", "pte", "long", "hierarchical"] = "hf"
     labels: list[str] = Field(..., min_length=1)
     max_length: int = Field(128, ge=1)
     source: str | None = None

@@ -144,13 +144,25 @@ def task_runner(execution: ExecutionConfig):
     return ThreadPoolTaskRunner(max_workers=execution.max_workers)
 
 
-def call_many(task_fn, calls: dict[str, dict], execution: ExecutionConfig) -> dict[str, Any]:
+def call_many(task_fn, calls: dict[str, dict], execution: ExecutionConfig,
+              return_exceptions: bool = False) -> dict[str, Any]:
     """Run independent calls of one task in parallel on the configured task runner; same cache rules as ``call``.
 
     Returns when every call has finished, so nothing started here is still running afterwards (benchmarks rely on
-    that: they run alone, after the fan-out)."""
+    that: they run alone, after the fan-out). ``return_exceptions``: a failed call's exception is its result instead
+    of raising (the others' results are kept)."""
+    if not calls:
+        return {}
     with task_runner(execution) as runner:
         futures = {label: runner.submit(task_fn, parameters=kwargs) for label, kwargs in calls.items()}
         for f in futures.values():
             f.wait()
-        return {label: _usable(task_fn, f"{label}/{task_fn.name}", calls[label], f.state) for label, f in futures.items()}
+        out = {}
+        for label, f in futures.items():
+            try:
+                out[label] = _usable(task_fn, f"{label}/{task_fn.name}", calls[label], f.state)
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                out[label] = exc
+        return out

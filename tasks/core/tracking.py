@@ -410,7 +410,7 @@ def log_model(run_id: str, model_dir: str, python_model, pip_requirements: list[
     return f"runs:/{run_id}/{artifact_path}"
 
 
-def register_model(run_id: str, name: str, alias: str, tags: dict | None = None,
+def register_model(run_id: str, name: str, alias: str | None, tags: dict | None = None,
                    description: str = "") -> str:
     """Register ``runs:/<run_id>/model`` as a new version of ``name`` and point ``alias`` at it -> the version.
 
@@ -440,8 +440,24 @@ def register_model(run_id: str, name: str, alias: str, tags: dict | None = None,
     back = c.get_model_version(name, version)
     if back.run_id != run_id:
         raise RuntimeError(f"registry check failed: {name} version {version} points at run {back.run_id}, not {run_id}")
-    c.set_registered_model_alias(name, alias, version)  # idempotent: the last flow to set it wins
+    if alias:
+        c.set_registered_model_alias(name, alias, version)  # idempotent: the last flow to set it wins
     return version
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, version)
+
+
+def alias_run(name: str, alias: str):
+    """The run behind ``name@alias`` (None when the model or the alias does not exist yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return client().get_run(mv.run_id) if mv.run_id else None
 
 
 def download_model(run_id: str, artifact_path: str = "model", dst: str | None = None) -> str:

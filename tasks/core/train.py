@@ -36,6 +36,7 @@ from tasks.core.orchestrate import CACHE
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
+BEST_FILE = "best.safetensors"  # the weights of the best validation score so far (score_fn)
 
 
 def set_seed(seed: int) -> None:
@@ -54,11 +55,16 @@ def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _save_checkpoint(model, tokenizer, optimizer, scheduler, step: int, ckpt: Path, extra: dict) -> None:
+def _save_checkpoint(model, tokenizer, optimizer, scheduler, step: int, ckpt: Path, extra: dict,
+                     best_weights: dict | None = None) -> None:
     tmp = ckpt.with_name(ckpt.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True)
+    if best_weights is not None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in best_weights.items()}, tmp / BEST_FILE)
     tokenizer.save_pretrained(tmp)
     torch.save(
         {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -86,8 +92,14 @@ def train_loop(
     work_dir: str | Path,
     loss_fn: Callable | None = None,
     desc: str = "fine-tune",
+    score_fn: Callable | None = None,
 ) -> dict:
     """Generic resumable loop. ``loss_fn(model, batch, idx) -> loss`` defaults to cross-entropy on the labels.
+
+    ``score_fn(model) -> float`` (higher is better, e.g. validation macro-F1): called after every epoch and at the
+    end; the weights of the best call are restored at the end ("choose on validation"). Only when training lasts more
+    than one epoch (one call would choose nothing) and in a single process. The best weights ride in the checkpoint,
+    so a resumed run still knows them.
 
     Inside a torchrun job (``tasks.core.distributed``) the model is wrapped in DDP and each rank trains on its share of
     every global batch (``idx[rank::world]``); losses are averaged over ranks; only rank 0 writes checkpoints.
@@ -122,6 +134,21 @@ def train_loop(
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
 
     step, losses, resumed_from = 0, [], 0
+    selecting = score_fn is not None and total > steps_per_epoch and world == 1
+    best: dict | None = None  # {"score", "epoch", "weights"}
+    scores: list[tuple[float, float]] = []  # (epoch, score)
+
+    def consider() -> None:
+        nonlocal best
+        model.eval()
+        score = float(score_fn(model))
+        model.train()
+        epoch = round(step / steps_per_epoch, 3)
+        scores.append((epoch, score))
+        log.info("%s: validation score %.4f after epoch %g", desc, score, epoch)
+        if best is None or score > best["score"]:
+            best = {"score": score, "epoch": epoch,
+                    "weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
     if (ckpt / STATE_FILE).is_file():
         from safetensors.torch import load_file
 
@@ -136,6 +163,9 @@ def train_loop(
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         step = resumed_from = int(state["step"])
         losses = [tuple(x) for x in state.get("losses", [])]
+        if (ckpt / BEST_FILE).is_file() and "best" in state:
+            best = {**state["best"], "weights": load_file(ckpt / BEST_FILE)}
+        scores = list(state.get("scores", []))
         log.info("resuming %s from checkpoint at step %d/%d (%s)", desc, step, total, ckpt)
 
     def collate(idx: np.ndarray) -> dict:
@@ -179,12 +209,24 @@ def train_loop(
             losses.append((step, value))
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3f}")
+            if selecting and (step % steps_per_epoch == 0 or step == total):
+                consider()
             if step % cfg.checkpoint_every == 0 and step < total and rank == 0:
-                _save_checkpoint(model, tokenizer, optimizer, scheduler, step, ckpt, {"losses": losses})
+                extra = {"losses": losses, "scores": scores}
+                if best is not None:
+                    extra["best"] = {"score": best["score"], "epoch": best["epoch"]}
+                _save_checkpoint(model, tokenizer, optimizer, scheduler, step, ckpt, extra,
+                                 best["weights"] if best is not None else None)
     bar.close()
     elapsed = time.perf_counter() - t0
+    chosen = {}
+    if best is not None:
+        model.load_state_dict(best["weights"])
+        chosen = {"best_epoch": best["epoch"], "best_val_score": best["score"], "val_scores": scores}
+        log.info("%s: restored the weights of epoch %g (validation score %.4f)", desc, best["epoch"], best["score"])
     model.eval()
     return {
+        **chosen,
         "steps": step,
         "resumed_from_step": resumed_from,
         "train_seconds": round(elapsed, 2),

@@ -2,7 +2,9 @@
 mechanism's own trained weights come from ``tasks/longdoc/train_long.py``; any classifier folder works too).
 
 * ``truncate-512``   — the model as fine-tuned, SDPA full attention, documents cut to 512 tokens;
-* ``chunked-512``    — 512-token chunks encoded independently, logits averaged (hierarchical pooling);
+* ``chunked-512``    — 512-token chunks encoded independently, logits averaged;
+* ``hierarchical``   — 512-token chunks encoded independently, their [CLS] vectors mixed by a small transformer
+  layer, trained end to end (``tasks/longdoc/hierarchical.py``);
 * ``sliding-window`` — long-ified (``tasks/longdoc/longify.py``), our blocked sliding-window + global [CLS] attention;
 * ``full-long``      — long-ified, SDPA full attention over the whole document (the O(n²) reference);
 * ``hf-longformer``  — the same weights converted into Hugging Face ``LongformerForSequenceClassification``;
@@ -21,7 +23,7 @@ from tasks.core import data as data_mod
 from tasks.core import models
 from tasks.core.config import LongConfig, LongEvalConfig
 from tasks.core.orchestrate import CACHE
-from tasks.longdoc import longify
+from tasks.longdoc import hierarchical, longify
 
 
 def to_hf_longformer(model_dir: str, max_positions: int, attention_window: int):
@@ -93,11 +95,13 @@ def to_hf_bigbird(model_dir: str, max_positions: int, block_size: int = 64, num_
     return bb
 
 
-def classifier_for(mechanism: str, model_dir: str, long_cfg: LongConfig | dict):
+def classifier_for(mechanism: str, model_dir: str, long_cfg: LongConfig | dict, model=None):
     """-> (callable(text) -> logits[1, C], tokenizer). The model runs on ``long_cfg.device`` (bf16 autocast on CUDA
     when ``autocast_bf16`` and the GPU supports it); the callable's ``backends`` counts the attention implementation
-    that served each document (sliding-window)."""
+    that served each document (sliding-window). ``model``: an in-memory model of the mechanism (training's
+    validation passes the one being trained; ``model_dir`` then only provides the tokenizer)."""
     long_cfg = LongConfig.model_validate(long_cfg)
+    given = model
     tokenizer = models.load_tokenizer(model_dir)
     tokenizer.model_max_length = 10**9
     max_tokens = long_cfg.max_tokens
@@ -109,7 +113,7 @@ def classifier_for(mechanism: str, model_dir: str, long_cfg: LongConfig | dict):
         return {k: v.to(device) for k, v in tokenizer(text, return_tensors="pt", **kw).items()}
 
     if mechanism in ("truncate-512", "chunked-512"):
-        model = models.load_hf_model(model_dir)
+        model = given if given is not None else models.load_hf_model(model_dir)
 
         def forward(text: str):
             if mechanism == "truncate-512":
@@ -121,9 +125,20 @@ def classifier_for(mechanism: str, model_dir: str, long_cfg: LongConfig | dict):
                                   return_tensors="pt")
             return model(input_ids=batch["input_ids"].to(device),
                          attention_mask=batch["attention_mask"].to(device)).logits.mean(0, keepdim=True)
+    elif mechanism == "hierarchical":
+        if given is None and not hierarchical.is_hierarchical(model_dir):
+            raise ValueError(f"hierarchical: {model_dir} is not a trained hierarchical model folder (the long-document "
+                             "flow trains one: keep 'hierarchical' in mechanisms)")
+        model = given if given is not None else hierarchical.load(model_dir)
+
+        def forward(text: str):
+            enc = encode(text, truncation=True, max_length=max_tokens)
+            return model(enc["input_ids"], enc["attention_mask"])
     elif mechanism in ("sliding-window", "full-long"):
         mode = "sliding" if mechanism == "sliding-window" else "full"
-        if longify.is_long(model_dir):  # trained on long inputs (train_long.py)
+        if given is not None:
+            model = given
+        elif longify.is_long(model_dir):  # trained on long inputs (train_long.py)
             model = longify.load_long(model_dir, long_cfg.attention_backend)
             model.set_mode(mode)
         else:  # an ordinary classifier folder, long-ified as it is
@@ -152,7 +167,8 @@ def classifier_for(mechanism: str, model_dir: str, long_cfg: LongConfig | dict):
             return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
     else:
         raise ValueError(f"unknown mechanism {mechanism!r}")
-    model.to(device).eval()
+    if given is None:
+        model.to(device).eval()
 
     def run(text: str):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):

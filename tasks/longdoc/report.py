@@ -37,6 +37,7 @@ def markdown(results: list[dict], scale_rows: list[dict], summaries: dict, bucke
                                "ROUGE-2": round(res["metrics"]["eval/rouge2"], 4),
                                "ROUGE-L": round(res["metrics"]["eval/rougeL"], 4),
                                "words": round(res["metrics"]["eval/summary_words"], 1),
+                               "budget": f"{res['budget_words']} words" if "budget_words" in res else f"k={res.get('k')}",
                                "s/doc": round(res["metrics"]["eval/seconds_per_doc"], 3)}
                               for method, res in summaries["methods"].items()])
         out += ["", f"## Summarization ({summaries['data']}; test docs: {summaries['num_test']})", "",

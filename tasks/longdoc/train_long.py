@@ -4,10 +4,14 @@ number of optimizer steps (recorded per run):
 * ``truncate-512`` — the classifier fine-tuned on each document's first ``chunk_tokens`` tokens;
 * ``chunked-512`` — fine-tuned on ``chunk_tokens``-token chunks that carry their document's label (at inference the
   chunks' logits are averaged, ``tasks/longdoc/mechanisms.py``);
+* ``hierarchical`` — chunks encoded on their own, their [CLS] vectors mixed by one small transformer layer, trained
+  end to end on documents up to ``long_train.max_tokens`` (``tasks/longdoc/hierarchical.py``);
 * ``sliding-window`` / ``full-long`` — long-ified first (``tasks/longdoc/longify.py``), then fine-tuned on inputs
   up to ``long_train.max_tokens``: Longformer's recipe (a long model that never saw a long input cannot use one).
 
-Class imbalance: class-weighted cross-entropy (``long_train.class_weights``). Steps: ``max_steps``, else epochs over
+Class imbalance: class-weighted cross-entropy (``long_train.class_weights``). Choice on validation: after every
+epoch the mechanism is scored on the validation split (macro-F1, as it classifies at inference) and the best epoch's
+weights are kept (``long_train.select_on_validation``). Steps: ``max_steps``, else epochs over
 the training *documents* (the same for every mechanism, so chunked training sees more chunks per step, not more
 steps). The shared loop is ``tasks.core.train.train_loop`` (resumable checkpoints, progress bar, DDP).
 """
@@ -26,10 +30,10 @@ from tasks.core import models
 from tasks.core.config import LongConfig, LongTrainConfig, ModelConfig
 from tasks.core.orchestrate import CACHE
 from tasks.core.train import set_seed, train_loop
-from tasks.longdoc import longify
+from tasks.longdoc import hierarchical, longify, mechanisms
 
 SHORT = ("truncate-512", "chunked-512")
-LONG = ("sliding-window", "full-long")
+LONG = ("sliding-window", "full-long", "hierarchical")
 
 
 def class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
@@ -54,6 +58,23 @@ def chunk_texts(tokenizer, texts: list[str], labels: list[int], chunk_tokens: in
             out_texts.append(text[piece[0][0] : piece[-1][1]] if piece else text)
             out_labels.append(label)
     return out_texts, out_labels
+
+
+def validation_scorer(mechanism: str, tokenizer_source: str, long_cfg: LongConfig, data: dict):
+    """-> score(model) = validation macro-F1 of the model being trained, classified as at inference."""
+    from sklearn.metrics import f1_score
+
+    labels = data["labels"]
+    val = data_mod.load_split(data["paths"]["val"])
+    texts, y = val["text"].tolist(), [labels.index(x) for x in val["label"]]
+
+    def score(model) -> float:
+        run, _ = mechanisms.classifier_for(mechanism, tokenizer_source, long_cfg, model=model)
+        with torch.inference_mode():
+            preds = [int(run(t).argmax(-1)) for t in texts]
+        return float(f1_score(y, preds, labels=list(range(len(labels))), average="macro", zero_division=0))
+
+    return score
 
 
 def steps_for(n_docs: int, cfg: LongTrainConfig) -> int:
@@ -82,6 +103,7 @@ def train_mechanism(mechanism: str, model_cfg: ModelConfig, long_cfg: LongConfig
     cfg = train_cfg.model_copy(update={"max_steps": steps})
     weights = class_weights(ys, len(labels)) if train_cfg.class_weights else None
     model = models.load_classifier(model_cfg.source, labels, model_cfg.trust_remote_code, model_cfg.revision)
+    scorer = validation_scorer(mechanism, model_cfg.source, long_cfg, data) if train_cfg.select_on_validation else None
 
     if mechanism in SHORT:
         if mechanism == "chunked-512":
@@ -92,10 +114,24 @@ def train_mechanism(mechanism: str, model_cfg: ModelConfig, long_cfg: LongConfig
             return torch.nn.functional.cross_entropy(logits, batch["labels"], weight=_on(weights, logits))
 
         stats = train_loop(model, tokenizer, texts, ys, cfg, seed, train_cfg.chunk_tokens, work, loss_fn=loss_fn,
-                           desc=f"train {mechanism}")
+                           desc=f"train {mechanism}", score_fn=scorer)
         summary = {k: v for k, v in stats.items() if k != "losses"}
         models.save_hf(model.cpu(), tokenizer, final, labels=labels, max_length=train_cfg.chunk_tokens,
                        source=model_cfg.source, train={**summary, "mechanism": mechanism, "documents": len(train)})
+    elif mechanism == "hierarchical":
+        max_tokens = min(train_cfg.max_tokens, long_cfg.max_tokens)
+        hier = hierarchical.from_classifier(model, len(labels), train_cfg.chunk_tokens, long_cfg.max_tokens)
+
+        def loss_fn(m, batch, idx):
+            logits = m(batch["input_ids"], batch["attention_mask"])
+            return torch.nn.functional.cross_entropy(logits, batch["labels"], weight=_on(weights, logits))
+
+        stats = train_loop(hier, tokenizer, texts, ys, cfg, seed, max_tokens, work, loss_fn=loss_fn,
+                           desc=f"train {mechanism}", score_fn=scorer)
+        summary = {k: v for k, v in stats.items() if k != "losses"}
+        hierarchical.save(hier.cpu(), tokenizer, final, labels=labels, source=model_cfg.source,
+                          train={**summary, "mechanism": mechanism, "documents": len(train),
+                                 "train_max_tokens": max_tokens})
     else:
         long = longify.LongClassifier(model, long_cfg.max_positions, long_cfg.attention_window,
                                       "sliding" if mechanism == "sliding-window" else "full", long_cfg.attention_backend)
@@ -107,7 +143,7 @@ def train_mechanism(mechanism: str, model_cfg: ModelConfig, long_cfg: LongConfig
             return torch.nn.functional.cross_entropy(logits, batch["labels"], weight=_on(weights, logits))
 
         stats = train_loop(long, tokenizer, texts, ys, cfg, seed, min(train_cfg.max_tokens, long_cfg.max_positions),
-                           work, loss_fn=loss_fn, desc=f"train {mechanism}")
+                           work, loss_fn=loss_fn, desc=f"train {mechanism}", score_fn=scorer)
         summary = {k: v for k, v in stats.items() if k != "losses"}
         longify.save_long(long.cpu(), tokenizer, final, labels=labels, source=model_cfg.source,
                           train={**summary, "mechanism": mechanism, "documents": len(train),
@@ -124,7 +160,8 @@ def metrics(trained: dict | None) -> dict:
     if not trained:
         return {}
     keys = {"steps": "train/steps", "train_seconds": "train/seconds", "samples_per_second": "train/samples_per_second",
-            "final_loss": "train/final_loss"}
+            "final_loss": "train/final_loss", "best_epoch": "train/best_epoch",
+            "best_val_score": "train/best_val_macro_f1"}
     return {k2: trained[k] for k, k2 in keys.items() if trained.get(k) is not None}
 
 

@@ -1,4 +1,4 @@
-"""Evaluate a model folder on the test split: accuracy, macro-F1, per-class P/R/F1, confusion-matrix PNG."""
+"""Evaluate a model folder on the test split (or the validation split, for choices such as a search): accuracy, macro-F1, per-class P/R/F1, confusion-matrix PNG."""
 
 from __future__ import annotations
 
@@ -83,12 +83,16 @@ def token_stats(model_dir: str, texts: list[str]) -> dict:
     return {"eval/mean_tokens": float(np.mean(lengths)), "eval/truncated_fraction": float(np.mean([n > limit for n in lengths]))}
 
 
-def evaluate(model_dir: str, data: dict, eval_cfg: EvaluateConfig | dict, work_dir: str, variant: str = "model") -> dict:
-    """-> {"metrics": {...}, "artifacts": {name: path}} (predictions saved for agreement checks)."""
+def evaluate(model_dir: str, data: dict, eval_cfg: EvaluateConfig | dict, work_dir: str, variant: str = "model",
+             split: str = "test") -> dict:
+    """-> {"metrics": {...}, "artifacts": {name: path}} (predictions saved for agreement checks). ``split``: test,
+    or val — then the metrics are named ``val/*`` so a choice made on them is never mistaken for a test result."""
     out = Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = data["labels"]
-    test = data_mod.load_split(data["paths"]["test"])
+    if split not in ("test", "val"):
+        raise ValueError(f"evaluate: split must be 'test' or 'val', not {split!r}")
+    test = data_mod.load_split(data["paths"][split])
     label_ids = {l: i for i, l in enumerate(labels)}
     y_true = [label_ids[l] for l in test["label"]]
     t0 = time.perf_counter()
@@ -103,6 +107,8 @@ def evaluate(model_dir: str, data: dict, eval_cfg: EvaluateConfig | dict, work_d
     plot_confusion(cm, labels, cm_path, f"{variant}: accuracy {metrics['eval/accuracy']:.3f}")
     (out / "per_class.json").write_text(json.dumps(per_class, indent=2))
     np.save(out / "predictions.npy", y_pred)
+    if split == "val":
+        metrics = {k.replace("eval/", "val/", 1): v for k, v in metrics.items()}
     return {
         "metrics": metrics,
         "artifacts": {"confusion_matrix": str(cm_path), "per_class": str(out / "per_class.json"), "predictions": str(out / "predictions.npy")},
@@ -110,9 +116,10 @@ def evaluate(model_dir: str, data: dict, eval_cfg: EvaluateConfig | dict, work_d
 
 
 @task(name="evaluate", cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
-def evaluate_task(model_dir: str, data_info: dict, eval_cfg: EvaluateConfig, work: str, variant: str) -> dict:
+def evaluate_task(model_dir: str, data_info: dict, eval_cfg: EvaluateConfig, work: str, variant: str,
+                  split: str = "test") -> dict:
     """Evaluate one variant (fans out on the task runner; ``pid`` tells which worker process ran it)."""
-    return {**evaluate(model_dir, data_info, eval_cfg, work, variant), "pid": os.getpid()}
+    return {**evaluate(model_dir, data_info, eval_cfg, work, variant, split), "pid": os.getpid()}
 
 
 def agreement(predictions: str, source_predictions: str) -> float:

@@ -15,6 +15,7 @@ COLUMNS = [
     ("bench/latency_ms_p50_b1_tall", "p50 ms b1 all"),
     ("bench/throughput_b32", "samples/s b32"),
     ("bench/peak_rss_mb", "peak RSS MB"),
+    ("bench/runtime_rss_mb", "runtime RSS MB"),
     ("size/disk_mb", "disk MB"),
     ("size/params", "params"),
     ("eval/agreement_with_source", "agrees w/ source"),

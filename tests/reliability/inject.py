@@ -2,6 +2,7 @@
 one fault installed, chosen by environment (nothing of this lives in the product's modules):
 
 - ``EFFILM_INJECT_FAULT=benchmark``: the first run of the flow's benchmark task raises (a transient error);
+- ``EFFILM_INJECT_FAULT=export-onnx``: every ONNX export raises (a step that cannot be built);
 - ``EFFILM_PAUSE_BEFORE_MANIFEST=<format>``: when a model folder of that format (``onnx``, ``pte``, ``hf``…) is about
   to get its manifest — weights written, folder not yet complete — the process writes the marker and stops there,
   so a test can SIGKILL it in the middle of writing a model folder.
@@ -45,6 +46,19 @@ def install() -> None:
             return real_benchmark(*args, **kwargs)
 
         benchmark.benchmark_task.fn = failing_once
+
+    if os.environ.get("EFFILM_INJECT_FAULT") == "export-onnx":
+        from tasks.compress import registry
+
+        real_export = registry.TECHNIQUES["export"]
+
+        @functools.wraps(real_export)  # same module: the step's work folder keeps its code version
+        def failing_export(model_dir, step, ctx):
+            if step.format == "onnx":
+                raise InjectedFault("injected fault: ONNX export fails")
+            return real_export(model_dir, step, ctx)
+
+        registry.TECHNIQUES["export"] = failing_export
 
     fmt = os.environ.get("EFFILM_PAUSE_BEFORE_MANIFEST")
     if fmt:

@@ -1,0 +1,90 @@
+"""The recipe search against random search with the same budget, on the quick profile (MiniLM-L6, BBC News).
+
+    python benchmarks/search.py [--work DIR] [--trials 24] [--samplers tpe random] [--set KEY=VALUE ...]
+
+Runs `effilm search mobile-bert --trials N --sampler S` once per sampler against one MLflow store and one output
+folder in --work (default a temporary folder): the teacher and any recipe prefix two trials share are built once
+(a later study reuses an earlier study's folders and benchmarks: its wall time is not a cold figure). Every figure
+comes from the studies' own reports (summary.json): hypervolume (objectives relative to the teacher), the best recipe
+under the constraints (chosen on validation, then test-evaluated once) and the hand-written recipe (the seed trial),
+each as speedup / size ratio / accuracy drop against the fp32 teacher (p50 latency at batch 1, 1 thread, 128 tokens).
+A killed run resumes where it stopped: run it again with the same --work.
+Writes <results-dir>/search.{json,md} and search_front_<sampler>.png.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from common import markdown_table, parser, run, write_results
+
+
+def main() -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--work", type=Path, help="folder for the MLflow store, outputs and logs (reused: resumes)")
+    ap.add_argument("--trials", type=int, default=24)
+    ap.add_argument("--samplers", nargs="+", default=["tpe", "random"], choices=["tpe", "nsga2", "random"],
+                    help="the first is the search under test; the others are compared with it")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to `effilm search`")
+    a = ap.parse_args()
+    work = (a.work or Path(tempfile.mkdtemp(prefix="effilm-search-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri, "PREFECT_LOCAL_STORAGE_PATH": str(work / "prefect"), "HF_HUB_OFFLINE": "1"}
+    effilm = str(Path(sys.executable).parent / "effilm")
+    studies, seconds = {}, {}
+    for sampler in a.samplers:
+        cmd = [effilm, "search", "mobile-bert", "--profile", "quick", "--trials", str(a.trials), "--sampler", sampler,
+               "--set", f"output_dir={work / 'out'}"]
+        for s in a.set:
+            cmd += ["--set", s]
+        seconds[sampler] = round(run(cmd, env, work / f"search-{sampler}.log").seconds, 1)
+        found = sorted((work / "out" / "search").glob(f"*__{sampler}__*/summary.json"), key=lambda p: p.stat().st_mtime)
+        studies[sampler] = json.loads(found[-1].read_text())
+        shutil.copy(found[-1].with_name("front.png"), a.results_dir / f"search_front_{sampler}.png")
+    main_sampler = a.samplers[0]
+    s = studies[main_sampler]["summary"]
+    best, hand = s.get("best", {}), next(iter(s.get("hand", {}).values()), {})
+
+    def three(fig: dict) -> dict:
+        return {k: fig.get(k) for k in ("speedup", "size_ratio", "accuracy_drop_points")}
+
+    hv = {k: v["hypervolume"] for k, v in studies.items()}
+    data = {"trials": a.trials, "samplers": a.samplers, "seconds": seconds, "mlflow_store": uri,
+            "teacher": s["teacher"], "best": three(best), "best_detail": best, "hand": three(hand),
+            "hand_detail": hand, "hypervolume": hv,
+            "studies": {k: {"study": v["study"], "registered": v.get("registered"), "best": v["summary"].get("best")}
+                        for k, v in studies.items()},
+            "targets": {
+                "dominates_hand_recipe": bool(best) and bool(hand) and best["latency_ms"] < hand["latency_ms"]
+                and best["size_mb"] < hand["size_mb"] and best["test_accuracy"] >= hand["test_accuracy"],
+                "goal_20x_faster_10x_smaller_1pt": bool(best) and best["speedup"] >= 20 and best["size_ratio"] >= 10
+                and best["accuracy_drop_points"] <= 1,
+                **{f"hypervolume_{main_sampler}_ge_{k}": hv[main_sampler] >= hv[k] for k in hv if k != main_sampler}}}
+    rows = []
+    for name, fig in (("teacher (fp32)", {"test_accuracy": s["teacher"]["test_accuracy"],
+                                          "latency_ms": s["teacher"]["latency_ms"], "size_mb": s["teacher"]["size_mb"],
+                                          "runtime_rss_mb": s["teacher"]["runtime_rss_mb"]}),
+                      (f"hand-written: {hand.get('recipe')}", hand), (f"best of {main_sampler}: {best.get('recipe')}", best),
+                      *[(f"best of {k}: {(v['summary'].get('best') or {}).get('recipe')}", v["summary"].get("best") or {})
+                        for k, v in studies.items() if k != main_sampler]):
+        rows.append({"recipe": name, **{k: fig.get(k) for k in ("test_accuracy", "latency_ms", "size_mb",
+                                                                 "runtime_rss_mb", "speedup", "size_ratio",
+                                                                 "accuracy_drop_points")}})
+    md = (f"{a.trials} trials per sampler ({', '.join(a.samplers)}); wall time {seconds} s (the first study builds "
+          "the teacher and its trials cold; later studies reuse any folder an earlier one built).\n\n"
+          "Test split, latency p50 at batch 1 / 1 thread / 128 tokens, runtime RSS in the runtime's own process:\n\n"
+          f"{markdown_table(rows)}\n\nHypervolume (relative to the teacher; larger is better): "
+          + ", ".join(f"{k} {v:.4f}" for k, v in hv.items()) + "\n\nTargets: "
+          + "; ".join(f"{k} → {'met' if v else 'MISSED'}" for k, v in data["targets"].items()) + "\n\n"
+          + " ".join(f"![{k}](search_front_{k}.png)" for k in a.samplers) + "\n")
+    write_results("search", data, md, a.results_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The search's Optuna study: where it is stored, which sampler asks, how a killed search resumes, and how a front
+is scored (hypervolume).
+
+Storage lives beside the MLflow store: a sqlite tracking store ``…/mlflow.db`` gets ``…/mlflow.optuna.db`` (Optuna
+and MLflow both keep their schema revision in an ``alembic_version`` table, so one sqlite file cannot hold both —
+tried: Optuna 5.0 refuses it); a PostgreSQL store gets the schema ``optuna`` in the same database. An ``http(s)``
+tracking server hides its database: set ``search.storage`` to share a study, else it is a sqlite file in the output
+folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from tasks.core.config import ConfigError, SearchConfig
+
+log = logging.getLogger(__name__)
+
+# objective -> (metric key, direction); the metric keys are the ones every variant run carries
+OBJECTIVES = {"accuracy": ("val/accuracy", "maximize"), "latency": ("bench/latency_ms_p50_b1_t1", "minimize"),
+              "size": ("size/disk_mb", "minimize"), "runtime_rss": ("bench/runtime_rss_mb", "minimize")}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def storage_url(tracking_uri: str, output_dir: str | Path, explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return f"sqlite:///{db.with_name(db.stem + '.optuna.db')}"
+    if tracking_uri.startswith(("postgresql", "postgres")):
+        import sqlalchemy as sa
+
+        url = sa.engine.make_url(tracking_uri)
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE SCHEMA IF NOT EXISTS optuna"))
+        engine.dispose()
+        return url.update_query_dict({"options": "-csearch_path=optuna"}).render_as_string(hide_password=False)
+    path = Path(output_dir).resolve() / "search.optuna.db"
+    log.warning("MLflow tracking URI %s hides its database: the search study is stored in %s (set search.storage "
+                "to a database URL to share it)", tracking_uri, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if cfg.sampler == "tpe":
+            # constant_liar: trials asked together (a parallel batch) are steered apart
+            return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials, multivariate=True,
+                                              constant_liar=True)
+        if cfg.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=cfg.population_size)
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+
+
+def open_study(name: str, storage: str, cfg: SearchConfig) -> optuna.Study:
+    """Create the study or load it to resume; refuse when another live search process owns it."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = [OBJECTIVES[o][1] for o in cfg.objectives]
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler(cfg),
+                                load_if_exists=True)
+    owner = study.user_attrs.get("owner")
+    if owner and owner["host"] == socket.gethostname() and owner["pid"] != os.getpid() and _alive(owner["pid"]):
+        raise ConfigError("effilm search", "search.study_name",
+                          f"study '{name}' is being searched by process {owner['pid']} on this host; wait for it, "
+                          "or give this search another search.study_name")
+    study.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+    return study
+
+
+def _alive(pid: int) -> bool:
+    from tasks.core.tracking import pid_alive
+
+    return pid > 0 and pid_alive(pid)
+
+
+MAX_RETRIES = 2  # an interrupted trial is queued again at most this many times (a recipe that kills the process)
+
+
+def claim(trial) -> None:
+    """Mark a trial as this process's (``recover_interrupted`` tells a dead owner's trial from a live one's)."""
+    trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Trials left RUNNING by a killed search process of this host: mark each FAIL and queue its recipe again (the
+    enqueued values included), so the trial is neither lost nor counted twice (its built folders are reused). A trial
+    of a live process, or of another host (a shared study), is left alone. -> the recovered trial numbers."""
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("owner") or {}
+        if owner.get("host") != socket.gethostname() or _alive(owner.get("pid", -1)):
+            continue
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        retries = int(t.user_attrs.get("retries", 0))
+        if retries >= MAX_RETRIES:
+            log.warning("trial %d was interrupted %d times: not queued again", t.number, retries + 1)
+            continue
+        params = {**t.system_attrs.get("fixed_params", {}), **t.params}
+        attrs = {k: v for k, v in t.user_attrs.items() if k in ("seed_recipe",)}
+        study.enqueue_trial(params, user_attrs={**attrs, "retry_of": t.number, "retries": retries + 1})
+        recovered.append(t.number)
+    return recovered
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def losses(rows: list[dict], teacher: dict, objectives: list[str]) -> np.ndarray:
+    """Objectives as losses relative to the teacher: accuracy drop in points, and latency / size / RSS as a fraction
+    of the teacher's — one scale for every study of the same teacher."""
+    out = []
+    for r in rows:
+        vec = []
+        for o in objectives:
+            key = OBJECTIVES[o][0]
+            vec.append(100 * (teacher[key] - r[key]) if o == "accuracy" else r[key] / teacher[key])
+        out.append(vec)
+    return np.array(out, dtype=float).reshape(len(rows), len(objectives))
+
+
+REFERENCE_DROP_POINTS = 10.0  # a recipe that loses more than 10 points, or is not faster/smaller, adds no volume
+
+
+def hypervolume(rows: list[dict], teacher: dict, objectives: list[str]) -> float:
+    """Hypervolume of the rows' objectives (as ``losses``) against the reference point (10 points of accuracy
+    drop, the teacher's latency / size / RSS). Optuna's exact WFG implementation (``optuna._hypervolume``: not public
+    API, hence the optuna<5.1 pin)."""
+    from optuna._hypervolume import compute_hypervolume
+
+    ref = np.array([REFERENCE_DROP_POINTS if o == "accuracy" else 1.0 for o in objectives])
+    pts = losses(rows, teacher, objectives)
+    pts = pts[(pts < ref).all(axis=1)] if len(pts) else pts
+    return float(compute_hypervolume(pts, ref)) if len(pts) else 0.0
+
+
+def non_dominated(rows: list[dict], teacher: dict, objectives: list[str]) -> list[dict]:
+    pts = losses(rows, teacher, objectives)
+    keep = []
+    for i, p in enumerate(pts):
+        if not any((q <= p).all() and (q < p).any() for j, q in enumerate(pts) if j != i):
+            keep.append(rows[i])
+    return keep
+
+
+def redacted(url: str) -> str:
+    """A storage URL fit for a log line or a tag (no password)."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a database URL: say nothing about it
+        return "<storage>"

@@ -1,0 +1,247 @@
+"""`effilm search`: recipes as variant chains, the study's storage and resume, hypervolume, and a real 3-trial search
+(Prefect engine, MLflow sqlite store, Optuna study, real runtimes) on a tiny model, end to end."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from flows.cli import main
+from tasks.core.config import ConfigError, SearchConfig, load_config
+from tasks.search import recipes, study as studies
+
+
+def recipe(**kw) -> recipes.Recipe:
+    base = dict(layers=3, layer_pick="spread", temperature=2.0, alpha=0.5, hidden_mse=1.0, heads_fraction=0.25,
+                ffn_fraction=0.5, recovery_epochs=0.5, vocab_trim=True, runtime="onnx-int8")
+    return recipes.Recipe(**{**base, **kw})
+
+
+def test_kept_layers():
+    assert recipes.kept_layers(3, "spread", 6) == [0, 2, 4]  # the hand recipe's every_other
+    assert recipes.kept_layers(2, "spread", 6) == [0, 3]
+    assert recipes.kept_layers(2, "bottom", 6) == [0, 1]
+    assert recipes.kept_layers(2, "top", 6) == [4, 5]
+    with pytest.raises(ValueError, match="search.space.layers: 6 layers cannot be kept of a 6-layer teacher"):
+        recipes.kept_layers(6, "spread", 6)
+
+
+def test_recipes_that_share_a_prefix_share_its_variants():
+    a = recipes.variants(recipe(), 6, 128)
+    b = recipes.variants(recipe(runtime="torch-int8"), 6, 128)
+    c = recipes.variants(recipe(temperature=4.0), 6, 128)
+    assert [v.steps[0].technique for v in a] == ["distill", "prune_structured", "vocab_trim", "export"]
+    assert [v.name for v in a[:3]] == [v.name for v in b[:3]] and a[3].name != b[3].name
+    assert b[3].steps[0].technique == "quantize"
+    assert all(x.name != y.name for x, y in zip(a, c))  # a different student: nothing downstream is shared
+    assert a[0].steps[0].keep == [0, 2, 4] and a[1].source == a[0].name
+    plain = recipes.variants(recipe(heads_fraction=0.0, ffn_fraction=0.0, vocab_trim=False, runtime="torch-fp32"), 6, 128)
+    assert [v.steps[0].technique for v in plain] == ["distill"]
+
+
+def test_seed_recipe_outside_the_space_names_the_key():
+    with pytest.raises(ConfigError) as e:
+        load_config("mobile-bert", "quick", ["search.space.layers=[2]"])
+    assert e.value.key == "search.seed_recipes"
+    assert "layers=3 is not one of space.layers [2]" in e.value.message
+    with pytest.raises(ConfigError) as e:
+        load_config("mobile-bert", "quick", ["search.objectives=[latency, size]"])
+    assert e.value.key == "search.objectives" and "accuracy included" in e.value.message
+
+
+def test_bad_time_budget_exits_2(capsys):
+    assert main(["search", "mobile-bert", "--time-budget", "soon"]) == 2
+    assert "--time-budget: not a duration: 'soon' (use e.g. 2h, 90m, 45s)" in capsys.readouterr().err
+
+
+def test_storage_lives_beside_the_mlflow_store(tmp_path):
+    assert studies.storage_url(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "out") == \
+        f"sqlite:///{tmp_path}/mlflow.optuna.db"
+    assert studies.storage_url("http://mlflow.team:5000", tmp_path / "out") == \
+        f"sqlite:///{(tmp_path / 'out').resolve()}/search.optuna.db"
+    assert studies.storage_url("http://x", tmp_path, explicit="postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_hypervolume_rewards_a_dominating_front():
+    teacher = {"val/accuracy": 0.97, "bench/latency_ms_p50_b1_t1": 40.0, "size/disk_mb": 90.0}
+    objectives = ["accuracy", "latency", "size"]
+
+    def row(acc, ms, mb):
+        return {"val/accuracy": acc, "bench/latency_ms_p50_b1_t1": ms, "size/disk_mb": mb}
+
+    weak = [row(0.95, 20.0, 45.0)]
+    strong = [row(0.96, 10.0, 30.0), row(0.95, 5.0, 20.0)]
+    hv_weak, hv_strong = (studies.hypervolume(r, teacher, objectives) for r in (weak, strong))
+    assert 0 < hv_weak < hv_strong
+    # (10 - 2 points) * (1 - 0.5) * (1 - 0.5): the exact box of one point against the reference
+    assert hv_weak == pytest.approx(8 * 0.5 * 0.5)
+    assert studies.hypervolume([row(0.80, 1.0, 1.0), row(0.97, 50.0, 10.0)], teacher, objectives) == 0.0
+    assert [r["bench/latency_ms_p50_b1_t1"] for r in studies.non_dominated(weak + strong, teacher, objectives)] == \
+        [10.0, 5.0]
+
+
+def test_an_interrupted_trial_is_queued_again_not_lost(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = SearchConfig(sampler="random")
+    study = studies.open_study("s", storage, cfg)
+    done = study.ask()
+    recipes.suggest(done, cfg.space)
+    study.tell(done, [0.9, 3.0, 10.0, 100.0])
+    study.enqueue_trial({"layers": 3, "runtime": "onnx-int8"}, user_attrs={"seed_recipe": True})
+    interrupted = study.ask()  # the enqueued seed recipe
+    r = recipes.suggest(interrupted, cfg.space)
+    interrupted.set_user_attr("owner", {"host": socket.gethostname(), "pid": dead.pid})  # ... its process died
+    live = study.ask()
+    studies.claim(live)  # this process: alive, so not recovered
+    elsewhere = study.ask()
+    elsewhere.set_user_attr("owner", {"host": "another-host", "pid": dead.pid})  # a shared study's other searcher
+    again = studies.open_study("s", storage, cfg)
+    assert studies.recover_interrupted(again) == [interrupted.number]
+    states = {t.number: t.state for t in again.get_trials(deepcopy=False)}
+    assert states[interrupted.number] == optuna.trial.TrialState.FAIL
+    assert states[live.number] == states[elsewhere.number] == optuna.trial.TrialState.RUNNING
+    retry = again.ask()
+    assert recipes.suggest(retry, cfg.space) == r and r.layers == 3 and r.runtime == "onnx-int8"
+    assert retry.user_attrs["retry_of"] == interrupted.number and retry.user_attrs["seed_recipe"]
+    assert len(studies.finished(again)) == 1
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+SPACE = ("{layers: [1], layer_pick: [bottom, top], temperature: [2.0], alpha: [0.5], hidden_mse: [0.0], "
+         "heads_fraction: [0.0, 0.5], ffn_fraction: [0.0, 0.5], recovery_epochs: [0.5], vocab_trim: [false], "
+         "runtime: [torch-fp32, onnx-int8]}")
+HAND = "[{layers: 1, layer_pick: bottom, heads_fraction: 0.5, ffn_fraction: 0.5, runtime: onnx-int8}]"
+
+
+def search_args(model_dir, out, trials: int = 3, **extra) -> list[str]:
+    sets = {"model.source": str(model_dir), "model.max_length": 64, "output_dir": str(out), "data.max_samples": 120,
+            "train.max_steps": 4, "train.batch_size": 8, "benchmark.seq_len": 32, "variants": "[]",
+            "search.benchmark": "{seq_len: 32, batch_sizes: [1], threads: [1], iters: 3, warmup: 0, max_seconds: 1}",
+            "search.space": SPACE, "search.seed_recipes": HAND, "search.sampler": "tpe", "search.startup_trials": 2,
+            "constraints": "{max_latency_ms: 1000, max_size_mb: 1000, max_accuracy_drop: 1.0}", **extra}
+    args = ["search", "mobile-bert", "--trials", str(trials)]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    return args
+
+
+def trial_runs(uri):
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("effilm/mobile-bert")
+    return [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("variant", "").startswith("trial-")]
+
+
+@pytest.mark.integration
+def test_three_trial_search_end_to_end(tiny_model_dir, mlflow_uri, tmp_path):
+    out = tmp_path / "out"
+    assert main(search_args(tiny_model_dir, out)) == 0
+
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'mlflow.optuna.db'}")
+    finished = studies.finished(study)
+    assert len(finished) == 3 and finished[0].user_attrs["seed_recipe"]  # the hand recipe went first
+    hand = {"layers": 1, "layer_pick": "bottom", "heads_fraction": 0.5, "ffn_fraction": 0.5, "runtime": "onnx-int8"}
+    assert {k: finished[0].params[k] for k in hand} == hand
+
+    runs = trial_runs(mlflow_uri)
+    assert sorted(r.data.tags["variant"] for r in runs) == ["trial-000", "trial-001", "trial-002"]
+    teacher = [r for r in MlflowClient(mlflow_uri).search_runs(
+        [runs[0].info.experiment_id], filter_string="tags.variant = 'teacher-fp32'")][0]
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == teacher.data.tags["mlflow.parentRunId"]
+        assert r.data.params["recipe.layers"] == "1" and "recipe.runtime" in r.data.params
+        for key in ("val/accuracy", "bench/latency_ms_p50_b1_t1", "size/disk_mb", "bench/runtime_rss_mb"):
+            assert key in r.data.metrics, key
+        assert not any(k.startswith("eval/") for k in r.data.metrics) or r.data.tags.get("selected") == "true" \
+            or r.data.tags["search.seed_recipe"] == "true"  # test metrics only for the chosen and the hand recipe
+        if r.data.params["recipe.runtime"] == "onnx-int8":  # ONNX Runtime alone, without torch in the process
+            assert r.data.metrics["bench/runtime_rss_includes_torch"] == 0.0
+            assert r.data.metrics["bench/runtime_rss_mb"] < teacher.data.metrics["bench/runtime_rss_mb"] / 2
+    # every distinct student (layer_pick) was distilled once, however many trials used it
+    picks = {t.params["layer_pick"] for t in finished}
+    manifests = [json.loads(p.read_text()) for p in (out / "variants").glob("*/effilm.json")]
+    assert len([m for m in manifests if "distilled_from" in m]) == len(picks)
+
+    summary = json.loads(next((out / "search").glob("*/summary.json")).read_text())
+    chosen = [r for r in runs if r.data.tags.get("selected") == "true"]
+    assert len(chosen) == 1 and summary["summary"]["best"]["trial"] == int(chosen[0].data.tags["search.trial"])
+    assert "eval/accuracy" in chosen[0].data.metrics
+    reg = summary["registered"]
+    mv = MlflowClient(mlflow_uri).get_model_version_by_alias("effilm-mobile-bert", "mobile")
+    assert reg["alias_moved"] and str(mv.version) == reg["version"] and mv.run_id == chosen[0].info.run_id
+    assert len(list((out / "search").glob("*/front.png"))) == 1
+
+    # the same budget again: the study is complete, nothing is re-run; one more trial: exactly one more
+    assert main(search_args(tiny_model_dir, out)) == 0
+    assert len(trial_runs(mlflow_uri)) == 3
+    assert main(search_args(tiny_model_dir, out, trials=4)) == 0
+    assert sorted(r.data.tags["variant"] for r in trial_runs(mlflow_uri)) == [f"trial-00{i}" for i in range(4)]
+
+
+@pytest.mark.integration
+def test_killed_search_resumes_without_losing_or_duplicating_a_trial(tiny_model_dir, tmp_path):
+    from tests.reliability.helpers import effilm, env_for
+    from tests.reliability.test_faults import kill_when
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    db = tmp_path / "mlflow.optuna.db"
+    args = search_args(tiny_model_dir, tmp_path / "out", trials=4)
+    env = env_for(tmp_path, uri)
+
+    def one_complete_one_running() -> bool:
+        if not db.exists():
+            return False
+        try:
+            with sqlite3.connect(db) as con:
+                states = [s for (s,) in con.execute("SELECT state FROM trials")]
+        except sqlite3.Error:
+            return False
+        return states.count("COMPLETE") >= 1 and "RUNNING" in states
+
+    kill_when(effilm(args, env), one_complete_one_running, "a finished trial beside a running one")
+    again = effilm(args, env)
+    log, _ = again.communicate(timeout=900)
+    assert again.returncode == 0, log[-3000:]
+
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(complete) == 4  # the budget, exactly
+    assert failed and all(any(c.user_attrs.get("retry_of") == f.number and c.params == f.params for c in complete)
+                          for f in failed)  # each interrupted trial was run again, with its recipe
+    runs = trial_runs(uri)
+    finished_runs = [r for r in runs if r.info.status == "FINISHED"]
+    assert sorted(int(r.data.tags["search.trial"]) for r in finished_runs) == sorted(t.number for t in complete)
+    assert all(r.info.status == "KILLED" for r in runs if r not in finished_runs)  # reaped, not left RUNNING
+
+
+@pytest.mark.integration
+def test_a_trial_that_cannot_be_built_fails_alone(tiny_model_dir, tmp_path):
+    """Every ONNX export raises (test fault): those trials end FAIL with the reason, the others finish the budget."""
+    from tests.reliability.helpers import effilm, env_for
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = effilm(search_args(tiny_model_dir, tmp_path / "out"), env_for(tmp_path, uri, EFFILM_INJECT_FAULT="export-onnx",
+                                                                           EFFILM_FAULT_MARKER=str(tmp_path / "m")),
+                  module="tests.reliability.inject")
+    log, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, log[-3000:]
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'mlflow.optuna.db'}")
+    trials = study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert failed and all("injected fault: ONNX export fails" in t.user_attrs["error"] for t in failed)
+    assert failed[0].params["runtime"] == "onnx-int8"  # the hand recipe went first, and failed
+    assert len(complete) == 3 and all(t.params["runtime"] == "torch-fp32" for t in complete)
+    assert {r.data.tags["search.trial"] for r in trial_runs(uri)} == {str(t.number) for t in complete}
