@@ -27,8 +27,11 @@ run: $(VENV)/.installed
 services:
 	@scripts/install-test-services.sh
 
+# Two pytest workers (pytest-xdist): most integration tests wait on subprocesses and servers, so a second worker
+# uses the core one worker leaves idle. PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev services
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Regenerates every file in benchmarks/results/, each stamped with git commit, machine and command (about 55 min on
 # 2 cores): quick_profile ~4 min, mobile_targets ~22 (the whole quick profile cold + re-run, and the int8 paths),

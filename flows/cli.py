@@ -50,6 +50,9 @@ def cmd_run(a) -> int:
         raise ConfigError("--config", "case_study", "--config applies to one case study; name it instead of 'all'")
     for study in studies:  # validate everything before starting anything: a typo costs no run
         load_config(study, a.profile, a.set, a.config)
+    from flows import server
+
+    server.ensure_api()
     flows = catalog.flows()
     for study in studies:
         result = flows[study](profile=a.profile, overrides=a.set or [], config_path=a.config)
@@ -81,6 +84,9 @@ def cmd_search(a) -> int:
     if a.sampler is not None:
         sets.append(f"search.sampler={a.sampler}")
     load_config(a.case_study, a.profile, sets, a.config)  # a typo costs no run
+    from flows import server
+
+    server.ensure_api()
     from flows.search import search_mobile_bert
 
     result = search_mobile_bert(profile=a.profile, overrides=sets, config_path=a.config)
@@ -113,6 +119,9 @@ def cmd_reproduce(a) -> int:
     from flows.reproduce import reproduce
 
     tolerance = {} if a.latency_tolerance is None else {"latency_tolerance": a.latency_tolerance}
+    from flows import server
+
+    server.ensure_api()
     report = reproduce(a.run_id, force=a.force, output_dir=a.output_dir, **tolerance)
     print(report.markdown())
     return 0 if report.ok else 1

@@ -124,6 +124,42 @@ def api_url() -> str | None:
     return info["api_url"] if info else None
 
 
+def temporary_server() -> str:
+    """Start Prefect's temporary server for this process on a port the OS assigns, point PREFECT_API_URL at it and
+    return the URL (stopped at exit, as Prefect's own is).
+
+    Why not let Prefect start it: Prefect picks a random port in 8000-8999 and waits until ``/api/health`` answers
+    there, which another process's temporary server on the same port also does. Flows started together on one machine
+    could then share one server, and the second fails with "Connection refused" when the first exits and stops it."""
+    import socket
+
+    from prefect.context import refresh_global_settings_context
+    from prefect.server.api.server import SubprocessASGIServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = SubprocessASGIServer(port=port)
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    refresh_global_settings_context()  # Prefect read its settings when imported above
+    return server.api_url
+
+
+def ensure_api() -> str:
+    """The Prefect API this process's flows report to: PREFECT_API_URL (environment, or Prefect's settings when a
+    caller such as a test harness set them), this folder's server, else a temporary server started now."""
+    url = api_url()
+    if url:
+        return url
+    if "prefect" in sys.modules:
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():
+            return PREFECT_API_URL.value()
+    return temporary_server()
+
+
 def status() -> dict | None:
     """``prefect server status`` for the server this folder started: its record plus ``available`` and
     ``server_version`` (or ``error``); None when this folder has no server process."""
