@@ -1,4 +1,4 @@
-"""Run the real `effilm` CLI in a subprocess (its own Prefect temporary server), against a given MLflow store."""
+"""Run the real `effilm` CLI in a subprocess against a given MLflow store (Prefect: see `env_for`)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,18 @@ def tiny_args(model_dir, out, **extra) -> list[str]:
     return args
 
 
-def env_for(tmp: Path, uri: str, **extra) -> dict:
+def env_for(tmp: Path, uri: str, own_prefect_server: bool = False, **extra) -> dict:
+    """The environment of an `effilm` subprocess storing into ``uri``. Prefect: the test session's server (as on a
+    machine where `effilm server start` runs; saves each process the ~13 s start of a temporary server), or with
+    ``own_prefect_server`` the temporary server each `effilm` command starts for itself, as `make run` does."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "prefect-results"),
            "HF_HUB_OFFLINE": "1", "EFFILM_LOG_LEVEL": "WARNING", **extra}
     env.pop("PREFECT_API_URL", None)
+    if not own_prefect_server:
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():  # the session's prefect_test_harness server
+            env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     return env
 
 
@@ -39,7 +47,7 @@ def flows_at_once(model_dir, tmp: Path, uri: str, n: int, timeout: float = 900, 
     Returns the MLflow runs of the experiment afterwards."""
     from mlflow import MlflowClient
 
-    env = env_for(tmp, uri)
+    env = env_for(tmp, uri, own_prefect_server=True)  # each flow its own temporary server, as on separate machines
     procs = [effilm(tiny_args(model_dir, tmp / f"out{i}", seed=i, **extra), env) for i in range(n)]
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outs):
