@@ -256,6 +256,14 @@ def test_each_mechanism_trains_for_what_it_does(tiny_cls, bbc_slice, tmp_path, m
     run, _ = mechanisms.classifier_for(mech, res["model_dir"], LONG)
     with torch.no_grad():
         assert run("word " * 900).shape == (1, len(bbc_slice["labels"]))
+    if mech in ("truncate-512", "chunked-512"):  # classified at the length it was trained at (chunk_tokens 64)
+        model, seen = models.load_hf_model(res["model_dir"]), []
+        model.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+        run, _ = mechanisms.classifier_for(mech, res["model_dir"], LONG, model=model)
+        with torch.no_grad():
+            run("word " * 900)  # 900 tokens (+ [CLS], [SEP])
+        assert seen == ([(1, 64)] if mech == "truncate-512" else [(15, 64)])  # ceil(900 / 62) chunks of 62 + 2
+        assert mechanisms.trained_chunk_tokens(tiny_cls) == 512  # a folder not trained by train_long: 512
     again = train_long.train_mechanism(mech, ModelConfig(source=tiny_cls), LongConfig(**LONG), cfg, bbc_slice, 0,
                                        str(tmp_path / "w"))
     assert again["reused"] and again["model_dir"] == res["model_dir"]
@@ -317,6 +325,25 @@ def test_hierarchical_chunks_a_document_and_round_trips(tiny_cls, tmp_path):
         assert torch.allclose(hierarchical.load(folder)(ids, mask), logits, atol=1e-6)
 
 
+def test_hierarchical_round_trips_a_roberta_encoder(tiny_cls, tmp_path):
+    """RoBERTa's sequence classifier keeps no pooler in its base model: the saved model still loads back exactly."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from tasks.longdoc import hierarchical
+
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=6000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=130, num_labels=3)
+    model = hierarchical.from_classifier(RobertaForSequenceClassification(cfg), 3, chunk_tokens=64, max_tokens=200)
+    ids = torch.randint(1000, 5000, (1, 150))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        logits = model.eval()(ids, mask)
+    folder = hierarchical.save(model, models.load_tokenizer(tiny_cls), tmp_path / "h", labels=["a", "b", "c"])
+    with torch.no_grad():
+        assert torch.allclose(hierarchical.load(folder)(ids, mask), logits, atol=1e-6)
+
+
 def test_training_keeps_the_epoch_that_scored_best_on_validation(tiny_cls, bbc_slice, tmp_path):
     """train_loop restores the weights of the best score_fn call; train_long scores validation macro-F1 per epoch,
     and the saved model is the chosen epoch's (its validation score is the recorded best)."""
@@ -343,7 +370,7 @@ def test_training_keeps_the_epoch_that_scored_best_on_validation(tiny_cls, bbc_s
     res = train_long.train_mechanism("truncate-512", ModelConfig(source=tiny_cls), LongConfig(**LONG), cfg,
                                      bbc_slice, 0, str(tmp_path / "w"))
     assert res["best_epoch"] in (1.0, 2.0) and len(res["val_scores"]) == 2
-    scorer = train_long.validation_scorer("truncate-512", tiny_cls, LongConfig(**LONG), bbc_slice)
+    scorer = train_long.validation_scorer("truncate-512", tiny_cls, LongConfig(**LONG), bbc_slice, 64)
     assert scorer(models.load_hf_model(res["model_dir"])) == pytest.approx(res["best_val_score"])
     assert train_long.metrics(res)["train/best_val_macro_f1"] == res["best_val_score"]
 

@@ -98,12 +98,14 @@ def is_hierarchical(model_dir: str | Path) -> bool:
 def load(model_dir: str | Path) -> HierarchicalClassifier:
     """Load a folder written by :func:`save` (structure from its config and manifest, then every weight, strictly)."""
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     manifest = models.read_manifest(model_dir)
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{model_dir}: not a hierarchical model folder (format {manifest.get('format')!r})")
-    encoder = AutoModel.from_config(AutoConfig.from_pretrained(model_dir))
+    # the encoder as from_classifier took it: a sequence classifier's base model (RoBERTa's has no pooler, AutoModel's
+    # would, and the strict load would fail)
+    encoder = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model_dir)).base_model
     model = HierarchicalClassifier(encoder, len(manifest["labels"]), manifest["chunk_tokens"], manifest["max_chunks"])
     model.load_state_dict(load_file(str(Path(model_dir) / "model.safetensors")))
     return model.eval()

@@ -95,11 +95,24 @@ def to_hf_bigbird(model_dir: str, max_positions: int, block_size: int = 64, num_
     return bb
 
 
-def classifier_for(mechanism: str, model_dir: str, long_cfg: LongConfig | dict, model=None):
+def trained_chunk_tokens(model_dir: str) -> int:
+    """The input length a truncate/chunked classifier was trained at (`train_long` writes ``train.chunk_tokens`` as
+    the folder's ``max_length``); 512 for any other classifier folder."""
+    try:
+        manifest = models.read_manifest(model_dir)
+    except FileNotFoundError:
+        return 512
+    trained_as = (manifest.get("train") or {}).get("mechanism")
+    return int(manifest["max_length"]) if trained_as in ("truncate-512", "chunked-512") else 512
+
+
+def classifier_for(mechanism: str, model_dir: str, long_cfg: LongConfig | dict, model=None,
+                   chunk_tokens: int | None = None):
     """-> (callable(text) -> logits[1, C], tokenizer). The model runs on ``long_cfg.device`` (bf16 autocast on CUDA
     when ``autocast_bf16`` and the GPU supports it); the callable's ``backends`` counts the attention implementation
     that served each document (sliding-window). ``model``: an in-memory model of the mechanism (training's
-    validation passes the one being trained; ``model_dir`` then only provides the tokenizer)."""
+    validation passes the one being trained; ``model_dir`` then only provides the tokenizer). ``chunk_tokens``:
+    truncate/chunked input length (default: what the folder was trained at, see :func:`trained_chunk_tokens`)."""
     long_cfg = LongConfig.model_validate(long_cfg)
     given = model
     tokenizer = models.load_tokenizer(model_dir)
@@ -114,13 +127,15 @@ def classifier_for(mechanism: str, model_dir: str, long_cfg: LongConfig | dict, 
 
     if mechanism in ("truncate-512", "chunked-512"):
         model = given if given is not None else models.load_hf_model(model_dir)
+        chunk = chunk_tokens or trained_chunk_tokens(model_dir)
 
         def forward(text: str):
             if mechanism == "truncate-512":
-                enc = encode(text, truncation=True, max_length=512)
+                enc = encode(text, truncation=True, max_length=chunk)
                 return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
             ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_tokens]
-            chunks = [ids[i : i + 510] for i in range(0, max(1, len(ids)), 510)]
+            size = chunk - 2  # room for [CLS] and [SEP], as train_long.chunk_texts cuts them
+            chunks = [ids[i : i + size] for i in range(0, max(1, len(ids)), size)]
             batch = tokenizer.pad({"input_ids": [[tokenizer.cls_token_id] + ch + [tokenizer.sep_token_id] for ch in chunks]},
                                   return_tensors="pt")
             return model(input_ids=batch["input_ids"].to(device),

@@ -60,7 +60,7 @@ def chunk_texts(tokenizer, texts: list[str], labels: list[int], chunk_tokens: in
     return out_texts, out_labels
 
 
-def validation_scorer(mechanism: str, tokenizer_source: str, long_cfg: LongConfig, data: dict):
+def validation_scorer(mechanism: str, tokenizer_source: str, long_cfg: LongConfig, data: dict, chunk_tokens: int):
     """-> score(model) = validation macro-F1 of the model being trained, classified as at inference."""
     from sklearn.metrics import f1_score
 
@@ -69,7 +69,7 @@ def validation_scorer(mechanism: str, tokenizer_source: str, long_cfg: LongConfi
     texts, y = val["text"].tolist(), [labels.index(x) for x in val["label"]]
 
     def score(model) -> float:
-        run, _ = mechanisms.classifier_for(mechanism, tokenizer_source, long_cfg, model=model)
+        run, _ = mechanisms.classifier_for(mechanism, tokenizer_source, long_cfg, model=model, chunk_tokens=chunk_tokens)
         with torch.inference_mode():
             preds = [int(run(t).argmax(-1)) for t in texts]
         return float(f1_score(y, preds, labels=list(range(len(labels))), average="macro", zero_division=0))
@@ -103,7 +103,8 @@ def train_mechanism(mechanism: str, model_cfg: ModelConfig, long_cfg: LongConfig
     cfg = train_cfg.model_copy(update={"max_steps": steps})
     weights = class_weights(ys, len(labels)) if train_cfg.class_weights else None
     model = models.load_classifier(model_cfg.source, labels, model_cfg.trust_remote_code, model_cfg.revision)
-    scorer = validation_scorer(mechanism, model_cfg.source, long_cfg, data) if train_cfg.select_on_validation else None
+    scorer = (validation_scorer(mechanism, model_cfg.source, long_cfg, data, train_cfg.chunk_tokens)
+              if train_cfg.select_on_validation else None)
 
     if mechanism in SHORT:
         if mechanism == "chunked-512":
