@@ -61,6 +61,7 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
         storage = studies.storage_url(tracking.tracking_uri(), out, s.storage)
         study = studies.open_study(name, storage, s)
         recovered = studies.recover_interrupted(study)
+        trials.close_told_runs(study)  # a trial told just before its process was killed keeps its finished run
         if recovered:
             logger.warning("resuming study %s: trial(s) %s were interrupted and are queued again", name, recovered)
         for recipe in s.seed_recipes:

@@ -123,6 +123,23 @@ def record(cfg, parent_run_id: str, base: dict, label: str, recipe: Recipe | Non
     return run_id
 
 
+def close_told_runs(study) -> list[int]:
+    """Trials told to the study whose MLflow run their (killed) process never closed: it died between the tell and
+    the run's end, and the next flow reaped the run as KILLED. Every metric was logged before the tell, so the run
+    is closed FINISHED (tag ``effilm.closed_after_kill``). -> the trial numbers."""
+    closed = []
+    for t in studies.finished(study):
+        run_id = t.user_attrs.get("run_id")
+        if not run_id:
+            continue
+        run = tracking.get_run(run_id)
+        if run.info.status == "KILLED" and "effilm.reaped" in run.data.tags:
+            tracking.set_tags(run_id, {"effilm.closed_after_kill": "true"})
+            tracking.end_run(run_id, "FINISHED")
+            closed.append(t.number)
+    return closed
+
+
 def trial_label(number: int) -> str:
     return f"trial-{number:03d}"
 
