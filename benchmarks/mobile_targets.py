@@ -53,16 +53,21 @@ def int8_paths(model_dir: str, seq_len: int = 128, iters: int = 30) -> dict:
 
     from tasks.compress import export, quantize
     from tasks.core import models
+    from tasks.core.config import ExportStep, QuantizeStep, StepContext, TrainConfig
     from tasks.measure import runtimes
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="int8paths-"))
+
+    def ctx(out: str) -> StepContext:  # quantize and export read only out_dir from the flow's context
+        return StepContext(data={}, train=TrainConfig(), seed=0, out_dir=str(tmp / out))
+
     runners = {
         "torch fp32 (eager)": runtimes.load_for_inference(model_dir)[0],
         "ours: int8 safetensors -> fbgemm dynamic int8": runtimes.load_for_inference(
-            quantize.compress(model_dir, {"embeddings": False, "out_dir": str(tmp / "q")}))[0],
+            quantize.compress(model_dir, QuantizeStep(technique="quantize"), ctx("q")))[0],
         "ONNX Runtime int8 (dynamic, per-channel)": runtimes.load_for_inference(
-            export.compress(model_dir, {"format": "onnx", "quantize": "int8", "out_dir": str(tmp / "o")}))[0],
+            export.compress(model_dir, ExportStep(technique="export", format="onnx", quantize="int8"), ctx("o")))[0],
     }
     tok = runtimes.load_for_inference(model_dir)[1]
     enc = tok(["The company said profits rose sharply in the third quarter. " * 20], truncation=True,
