@@ -1,13 +1,13 @@
 """Case study 2 summarization target on the BBC News Summary data (human extractive summaries):
-extractive summarizer (long encoder + head trained on oracle labels) vs the best lead-k (k chosen on validation)
-and TextRank, ROUGE-1/2/L on the test split.
+extractive summarizer (the long encoder fine-tuned as a sentence scorer on oracle labels) vs lead, TextRank and
+centroid at the same word budget (chosen on validation), and the greedy oracle's ceiling; ROUGE-1/2/L on the test split.
 
-    python benchmarks/summarization.py [--path ../shared/data/bbc-news-summary] [--max-docs 800]   # ~3 min on 2 cores
+    python benchmarks/summarization.py [--path ../shared/data/bbc-news-summary] [--max-docs 800]  # ~10 min on 2 cores
 
-Target: extractive ROUGE-2 >= best lead-k + 2 points. Writes <results-dir>/summarization.{json,md}
+Target (#13): extractive ROUGE-2 >= the best of lead-k / TextRank + 2 points. Writes <results-dir>/summarization.{json,md}
 (a trial run: --max-docs 40 --results-dir /tmp/bench).
-The encoder is the packaged all-MiniLM-L6-v2, long-ified (sliding window 128 each side, one global marker per
-sentence); it is not fine-tuned here — only the sentence-scoring head is trained.
+The encoder is the packaged all-MiniLM-L6-v2, long-ified (sliding window 128 each side, a [CLS] marker before every
+sentence), fine-tuned end to end with its scoring head (`tasks/longdoc/summarize.py: SentenceScorer`).
 """
 
 from __future__ import annotations
@@ -41,12 +41,18 @@ def main() -> int:
                              "ROUGE-2": f"{m['eval/rouge2']:.4f}", "ROUGE-L": f"{m['eval/rougeL']:.4f}",
                              "words": f"{m['eval/summary_words']:.1f}", "s/doc": f"{m['eval/seconds_per_doc']:.4f}"}
                             for name, r in res["methods"].items() for m in [r["metrics"]]], disable_numparse=True)
-    lead, ext = res["methods"]["lead-k"]["metrics"]["eval/rouge2"], res["methods"]["extractive-long"]["metrics"]["eval/rouge2"]
-    margin = 100 * (ext - lead)
+    r2 = {name: r["metrics"]["eval/rouge2"] for name, r in res["methods"].items()}
+    peer = max(("lead-k", "textrank"), key=r2.get)  # the issue's target: the best of lead-k / TextRank + 2 points
+    margin = 100 * (r2["extractive-long"] - r2[peer])
+    margins = {name: round(100 * (r2["extractive-long"] - v), 2) for name, v in r2.items()
+               if name not in ("extractive-long", "oracle")}
     md = (f"Data: {res['data']}, {a.max_docs} documents sampled (seed 42), split 50/25/25; test documents: {res['num_test']}. "
           f"Total {seconds:.0f} s.\n\n" + table +
-          f"\n\nTarget: extractive ROUGE-2 >= best lead-k + 2 points -> {margin:+.2f} points ({'met' if margin >= 2 else 'missed'}).")
-    write_results("summarization", {"result": res, "rouge2_margin_points": margin, "seconds": seconds}, md, a.results_dir)
+          f"\n\nTarget: extractive ROUGE-2 >= the best of lead-k / TextRank ({peer}) + 2 points -> {margin:+.2f} points "
+          f"({'met' if margin >= 2 else 'MISSED'}); against each baseline: "
+          + ", ".join(f"{name} {m:+.2f}" for name, m in margins.items()) + " points.")
+    write_results("summarization", {"result": res, "rouge2_margin_points": margin, "margin_against": peer,
+                                    "rouge2_margins_points": margins, "seconds": seconds}, md, a.results_dir)
     print(md)
     return 0
 
