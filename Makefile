@@ -34,8 +34,9 @@ test: $(VENV)/.installed-dev services
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Regenerates every file in benchmarks/results/, each stamped with git commit, machine and command (about 55 min on
-# 2 cores): quick_profile ~4 min, mobile_targets ~22 (the whole quick profile cold + re-run, and the int8 paths),
-# summarization ~3, long_attention ~20+, reproduce_teacher ~3 (`effilm reproduce` of quick_profile's teacher run, read
+# 2 cores, measured 2026-11-23): quick_profile ~5 min, mobile_targets ~30 (the whole quick profile cold + re-run, and
+# the int8 paths), summarization ~11 (needs ../shared/data/bbc-news-summary), long_attention ~5, reproduce_teacher ~5
+# (`effilm reproduce` of quick_profile's teacher run, read
 # from the store quick_profile left in $(BENCH_WORK); last, so a reproduction outside tolerance - exit 1, its results
 # file still written - fails `make bench` without leaving the other results stale). Do not edit tasks/ or flows/ while
 # it runs: reproduce refuses a run made with other code (exit 2).
