@@ -30,7 +30,13 @@ from tasks.core.config import ConfigError
 #    reproduce_teacher_quick.md);
 #  - sizes: within 1 % (the folder holds manifests that record paths);
 #  - the median latency at one thread (bench/latency_ms_p50_*_t1), within LATENCY_TOLERANCE;
-#  - peak and model memory (RSS): within 10 %; identical runs differed by 2 % (800.8 -> 783.4 MB) and 0 %.
+#  - the model's own memory (bench/model_rss_mb: RSS after loading it minus before) within 10 %: identical runs gave
+#    146.9 -> 146.9 MB;
+#  - the benchmark process's peak (bench/peak_rss_mb, and bench/runtime_rss_mb, which is that peak unless the model
+#    was measured in its runtime alone) within PROCESS_MEMORY_TOLERANCE = 25 %: it holds torch, the allocator's
+#    caches and thread pools besides the model, and identical runs differed by 2 % (800.8 -> 783.4 MB), 0 % and
+#    12.3 % (761.8 -> 855.7 MB, `make bench` 2026-11-23): twice the largest seen, while a lost compression (int8 ->
+#    fp32, or a model not pruned) moves the model's own memory by far more than 10 %, where it is judged tightly.
 # Reported, not judged, because they measure the machine's load rather than the model: tail latencies (p95; a single
 # preempted iteration moves them), every timing at all threads (`_tall`, and the long-document `_L<n>` latencies,
 # measured at all cores: they compete with whatever else runs), throughput (derived from the same timings), the
@@ -45,6 +51,7 @@ from tasks.core.config import ConfigError
 # --latency-tolerance rather than trust a pass that depends on the load.
 LATENCY_TOLERANCE = 0.30
 MEMORY_TOLERANCE = 0.10
+PROCESS_MEMORY_TOLERANCE = 0.25
 SIZE_TOLERANCE = 0.01
 TOLERANCES: list[tuple[str, str, float | None]] = [
     ("bench/latency_ms_p50_*_t1", "rel", None),
@@ -53,7 +60,8 @@ TOLERANCES: list[tuple[str, str, float | None]] = [
     ("bench/latency_ms_L*", "info", None),
     ("bench/throughput*", "info", None),
     ("bench/iters_*", "info", None),
-    ("bench/*rss_mb*", "rel", MEMORY_TOLERANCE),
+    ("bench/model_rss_mb", "rel", MEMORY_TOLERANCE),
+    ("bench/*rss_mb*", "rel", PROCESS_MEMORY_TOLERANCE),
     ("*seconds*", "info", None),
     ("*samples_per_second*", "info", None),
     ("*resumed_from_step*", "info", None),
