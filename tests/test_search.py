@@ -142,6 +142,13 @@ def trial_runs(uri):
     return [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("variant", "").startswith("trial-")]
 
 
+def trials_by_state(db) -> tuple[list, list]:
+    """The finished and the failed trials of the study stored in `db` (the sqlite file beside the MLflow store)."""
+    trials = optuna.load_study(study_name=None, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+    return ([t for t in trials if t.state == optuna.trial.TrialState.COMPLETE],
+            [t for t in trials if t.state == optuna.trial.TrialState.FAIL])
+
+
 @pytest.mark.integration
 def test_three_trial_search_end_to_end(tiny_model_dir, mlflow_uri, tmp_path):
     out = tmp_path / "out"
@@ -213,10 +220,7 @@ def test_killed_search_resumes_without_losing_or_duplicating_a_trial(tiny_model_
     log, _ = again.communicate(timeout=900)
     assert again.returncode == 0, log[-3000:]
 
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    complete, failed = trials_by_state(db)
     assert len(complete) == 4  # the budget, exactly
     assert failed and all(any(c.user_attrs.get("retry_of") == f.number and c.params == f.params for c in complete)
                           for f in failed)  # each interrupted trial was run again, with its recipe
@@ -237,10 +241,7 @@ def test_a_trial_that_cannot_be_built_fails_alone(tiny_model_dir, tmp_path):
                   module="tests.reliability.inject")
     log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, log[-3000:]
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'mlflow.optuna.db'}")
-    trials = study.get_trials(deepcopy=False)
-    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    complete, failed = trials_by_state(tmp_path / 'mlflow.optuna.db')
     assert failed and all("injected fault: ONNX export fails" in t.user_attrs["error"] for t in failed)
     assert failed[0].params["runtime"] == "onnx-int8"  # the hand recipe went first, and failed
     assert len(complete) == 3 and all(t.params["runtime"] == "torch-fp32" for t in complete)
