@@ -422,3 +422,32 @@ def test_extractive_scorer_learns_which_sentence_the_reference_takes(tiny_cls):
     assert stats["steps"] == 80 and stats["oracle_positive_rate"] == pytest.approx(0.2)
     assert [e for e, _ in stats["val_scores"]] == [0.0, 1.0, 2.0] and stats["best_epoch"] in (0.0, 1.0, 2.0)
     assert after >= 25 and after > before + 10, (before, after)
+
+
+def test_extractive_scorer_fine_tunes_despite_near_constant_features(tiny_cls):
+    """Mean-pooled sentence states can have a dimension that barely varies (MiniLM: sd ~1e-33). Folding the warm
+    head's standardisation into its weights must not turn that into weights of ~1e30, whose gradients overflow: the
+    clipped update is then zero at every step and the encoder is never fine-tuned (what the BBC benchmark showed:
+    the validation score identical to 16 digits before and after an epoch)."""
+    from tasks.core.config import ScorerConfig
+
+    long = longify.longify(tiny_cls, 2048, 32, "sliding")
+    with torch.no_grad():  # the last layer's output dimension 0 becomes almost constant
+        long.layers[-1].output.LayerNorm.weight[0] = 1e-30
+        long.layers[-1].output.LayerNorm.bias[0] = 0.0
+    tok = models.load_tokenizer(tiny_cls)
+    scorer = summarize.SentenceScorer(long, torch.device("cpu"))
+    sents = ["The committee met on Tuesday.", "A zebra escaped from the zoo.", "Sales were flat in March.",
+             "Officials gave no details."]
+    examples = []
+    for i in range(8):
+        s = sents[i % 4:] + sents[: i % 4]
+        ids, marks = summarize.marked(tok, s, 512)
+        examples.append((ids, marks, [int(x.startswith("A zebra")) for x in s]))
+    before = {n: p.detach().clone() for n, p in long.named_parameters()}
+    stats = scorer.train(examples, ScorerConfig(epochs=1, learning_rate=1e-4, warmup_ratio=0.0), seed=0)
+    assert stats["nonfinite_steps"] == 0
+    # AdamW moves a weight with a gradient by about the learning rate per step; weight decay alone, by ~1e-6 of it
+    moved = max(float((p.detach() - before[n]).abs().max()) for n, p in long.named_parameters()
+                if n.startswith("layers.0.attention"))
+    assert moved > 1e-4, moved

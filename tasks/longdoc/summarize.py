@@ -9,6 +9,7 @@ encoder fine-tuned to score sentences (one global marker token per sentence), pl
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -19,6 +20,10 @@ from prefect import task
 from tasks.core.config import LongConfig, SummarizeConfig, SummarizeData
 from tasks.core.data import DataError, iter_jsonl, packaged_bbc_dir, read_text_file
 from tasks.core.orchestrate import CACHE
+
+log = logging.getLogger(__name__)
+# the warm head's standardisation: a dimension's sd counts as at least this share of the median sd
+SCALE_FLOOR = 0.01
 
 _SENT = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
 _GLUED = re.compile(r"(?<=[a-z0-9%)\"'][.!?])(?=[A-Z\"'])")
@@ -277,6 +282,9 @@ class SentenceScorer:
         if len(set(y.tolist())) < 2:  # one class only: nothing to fit, the head starts at zero
             return
         scaler = StandardScaler().fit(x)
+        # near-constant dimensions (mean-pooled MiniLM states have some with sd ~1e-33; scikit-learn floors only exact
+        # zeros) would fold into weights of ~1e32: gradients overflow and every fine-tuning step is clipped to nothing
+        scaler.scale_ = np.maximum(scaler.scale_, SCALE_FLOOR * np.median(scaler.scale_))
         lr = LogisticRegression(max_iter=3000, class_weight="balanced", C=0.1).fit(scaler.transform(x), y)
         w = lr.coef_[0] / scaler.scale_
         with torch.no_grad():
@@ -318,7 +326,7 @@ class SentenceScorer:
                         {k: v.detach().clone() for k, v in self.head.state_dict().items()})
 
         checkpoint(0.0)
-        losses = []
+        losses, nonfinite = [], 0
         self.long.train()
         for step in tqdm(range(steps), desc="train extractive scorer", unit="doc", mininterval=5.0):
             ids, marks, y = examples[order[step]]
@@ -326,8 +334,10 @@ class SentenceScorer:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
                 logits, torch.tensor(y, dtype=torch.float32, device=self.device), pos_weight=pos_weight)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            if torch.isfinite(torch.nn.utils.clip_grad_norm_(params, 1.0)):
+                opt.step()
+            else:  # clipping an infinite norm zeroes the update: skip the step, and say so
+                nonfinite += 1
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
@@ -340,7 +350,9 @@ class SentenceScorer:
             self.long.load_state_dict(best[2])
             self.head.load_state_dict(best[3])
             chosen = {"best_epoch": best[1], "best_val_score": best[0], "val_scores": scores}
-        return {"steps": steps, "seconds": round(time.perf_counter() - t0, 2),
+        if nonfinite:
+            log.warning("extractive scorer: %d of %d steps had a non-finite gradient and were skipped", nonfinite, steps)
+        return {"steps": steps, "seconds": round(time.perf_counter() - t0, 2), "nonfinite_steps": nonfinite,
                 "final_loss": float(np.mean(losses[-20:])) if losses else None,
                 "oracle_positive_rate": positives / max(1, total_sentences), **chosen}
 
