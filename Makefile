@@ -33,9 +33,10 @@ PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev services
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
-# Regenerates every file in benchmarks/results/, each stamped with git commit, machine and command (about 55 min on
+# Regenerates every file in benchmarks/results/, each stamped with git commit, machine and command (about 65 min on
 # 2 cores, measured 2026-11-23): quick_profile ~5 min, mobile_targets ~30 (the whole quick profile cold + re-run, and
-# the int8 paths), summarization ~11 (needs ../shared/data/bbc-news-summary), long_attention ~5, reproduce_teacher ~5
+# the int8 paths), summarization ~11 (needs ../shared/data/bbc-news-summary) and
+# ~10 on the packaged KEPs, long_attention ~5, reproduce_teacher ~5
 # (`effilm reproduce` of quick_profile's teacher run, read
 # from the store quick_profile left in $(BENCH_WORK); last, so a reproduction outside tolerance - exit 1, its results
 # file still written - fails `make bench` without leaving the other results stale). Do not edit tasks/ or flows/ while
@@ -46,6 +47,7 @@ bench: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/quick_profile.py --work $(BENCH_WORK)/quick_profile
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/mobile_targets.py --run --int8-paths --work $(BENCH_WORK)/mobile_targets
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/summarization.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/summarization.py --data keps
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/long_attention.py
 	HF_HUB_OFFLINE=1 MLFLOW_TRACKING_URI=sqlite:///$(abspath $(BENCH_WORK))/quick_profile/mlflow.db \
 		$(BIN)/python benchmarks/reproduce_teacher.py --work $(BENCH_WORK)/reproduce_teacher
