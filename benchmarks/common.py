@@ -87,26 +87,13 @@ def cpu_isa() -> str:
     return "; ".join(shown)
 
 
-def source_commit() -> str:
-    """HEAD, ``-dirty`` when a tracked file outside ``benchmarks/results/`` was modified: `make bench` rewrites the
-    results one script after another, and a rewritten result must not mark the next one's code as modified."""
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-
-    try:
-        sha = git("rev-parse", "HEAD")
-        if sha.returncode != 0:
-            return "unknown"
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
-        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def stamp() -> dict:
     """Where a result comes from: git commit (``-dirty`` when tracked files were modified), the exact command, the
     folder it ran in, when, how long it took, what it ran, and the machine."""
-    return {"git_commit": source_commit(), "command": command_line(), "cwd": os.getcwd(),
+    from tasks.core.tracking import git_sha
+
+    # results make bench has just rewritten must not mark the next script's code as modified
+    return {"git_commit": git_sha(ignore="benchmarks/results"), "command": command_line(), "cwd": os.getcwd(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": round(time.time() - STARTED, 1),
             "subcommands": list(_RAN), "machine": machine()}
 

@@ -194,12 +194,14 @@ def experiment_id(name: str) -> str:
         return exp.experiment_id
 
 
-def git_sha() -> str:
+def git_sha(ignore: str | None = None) -> str:
+    """HEAD, ``-dirty`` when a tracked file (outside the folder ``ignore``, when given) was modified."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+        only = ["--", ".", f":(exclude){ignore}"] if ignore else []
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *only], cwd=PROJECT_ROOT,
                                capture_output=True, text=True, timeout=10)
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
