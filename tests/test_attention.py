@@ -80,12 +80,11 @@ def test_many_lengths_one_process_no_recompile_fallback():
 def test_training_after_evaluation_in_one_process(tmp_path):
     """A forward under inference_mode, then training steps in the same process (no mask made under inference_mode
     may reach autograd), with every backend; gradients reach the global projections. On CPU ``auto`` evaluates
-    with FlexAttention and trains with ``blocked`` (FlexAttention has no CPU backward); asking for flex to train
-    on CPU is a clear error."""
+    and trains with ``blocked``; FlexAttention evaluates, and asking it to train on CPU is a clear error (it has no
+    CPU backward)."""
     src = make_tiny_model(tmp_path / "m", num_labels=3)
     ids = torch.randint(1000, 2000, (2, 1100))
-    flex = "flex" if attention.flex_available() else "blocked"
-    for backend, evaluated, trained in (("auto", flex, "blocked"), ("blocked", "blocked", "blocked"),
+    for backend, evaluated, trained in (("auto", "blocked", "blocked"), ("blocked", "blocked", "blocked"),
                                         ("dense", "dense", "dense")):
         long = longify.longify(str(src), max_positions=2048, attention_window=64, backend=backend)
         with torch.inference_mode():
@@ -113,16 +112,24 @@ def test_half_precision_close_to_reference(dtype):
             assert ours.dtype == dtype and (ours.float() - ref).abs().max() < 0.05, backend
 
 
-def test_auto_picks_dense_for_short_and_flex_for_long_and_says_so(caplog):
+def test_auto_choice_by_device_and_length_and_says_so(caplog):
+    """CPU: dense while one block's band (BLOCK_QUERIES + 2w keys) covers the input, blocked above (the fastest
+    there at every length measured); CUDA: dense for short inputs, FlexAttention for long ones."""
     import logging
 
     attention._SAID.clear()
+    edge = attention.BLOCK_QUERIES + 2 * 64
     with caplog.at_level(logging.INFO, logger="tasks.longdoc.attention"):
-        short = attention.plan(None, None, 64, (1, 300), "cpu")
-        long = attention.plan(None, None, 64, (1, 3000), "cpu", grad=False)
-    assert short.backend == "dense" and short.block_mask is None and short.dense_mask.shape == (1, 1, 300, 300)
-    assert long.backend == ("flex" if attention.flex_available() else "blocked")
-    assert "backend dense (asked: auto)" in caplog.text
+        short = attention.plan(None, None, 64, (1, edge), "cpu")
+        long = attention.plan(None, None, 64, (1, edge + 1), "cpu", grad=False)
+    assert short.backend == "dense" and short.blocked_mask is None and short.dense_mask.shape == (1, 1, edge, edge)
+    assert long.backend == "blocked" and long.dense_mask is None and long.block_mask is None
+    nb = -(-(edge + 1) // attention.BLOCK_QUERIES)
+    assert long.blocked_mask.shape == (nb, 1, attention.BLOCK_QUERIES, edge)  # O(n (c + 2w)), not n x n
+    assert f"backend dense (asked: auto) from {edge} tokens on cpu" in caplog.text
+    assert f"backend blocked (asked: auto) from {edge + 1} tokens on cpu" in caplog.text
+    assert attention.choose("auto", 2048, "cuda") == "dense"
+    assert attention.choose("auto", 2049, "cuda") == ("flex" if attention.flex_available() else "blocked")
     with pytest.raises(ValueError, match="expected one of auto, dense, flex, blocked"):
         attention.plan(None, None, 64, (1, 30), "cpu", "sparse")
     with pytest.raises(ValueError, match="'flex' cannot train on CPU"):

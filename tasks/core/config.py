@@ -457,8 +457,9 @@ class LongConfig(Strict):
     autocast_bf16: bool = Field(True, description="bf16 autocast for long-document inference on CUDA devices that "
                                 "support it (ignored on CPU)")
     attention_backend: Literal["auto", "dense", "flex", "blocked"] = Field(
-        "auto", description="how sliding-window attention is computed (tasks/longdoc/attention.py); auto: dense "
-        "masked SDPA for short inputs, compiled FlexAttention for long ones, blocked where FlexAttention cannot run")
+        "auto", description="how sliding-window attention is computed (tasks/longdoc/attention.py); auto: on CPU "
+        "blocked (dense masked SDPA while one block covers the input), on CUDA dense for short inputs and compiled "
+        "FlexAttention for long ones")
 
     @model_validator(mode="after")
     def _check(self) -> "LongConfig":

@@ -7,8 +7,8 @@ left out of the local band so they are not counted twice, as in Hugging Face's L
 
 Three ways to compute the local part, chosen once per forward pass by :func:`plan` (``backend``):
 
-* ``dense`` — the same pattern as one SDPA call with an n x n boolean mask. O(n²), but for short inputs the
-  fastest: below :data:`DENSE_MAX_TOKENS` (measured, ``benchmarks/long_attention.py``) ``auto`` picks it.
+* ``dense`` — the same pattern as one SDPA call with an n x n boolean mask. O(n²): ``auto`` picks it for short
+  inputs (on CUDA below :data:`DENSE_MAX_TOKENS`; on CPU where one block's band already covers the input).
 * ``flex`` — PyTorch FlexAttention under ``torch.compile``, never dynamo's silent recompile-limit fallback to eager
   dense attention: on CUDA one ``dynamic=True`` kernel serves every length; on CPU, where inductor's FlexAttention
   template cannot be compiled with dynamic shapes (torch 2.13: C++ compile error), lengths are padded to a declared
@@ -16,9 +16,10 @@ Three ways to compute the local part, chosen once per forward pass by :func:`pla
   covers them. Its block mask is built in closed form from the band (``BlockMask.from_kv_blocks``): O((n/128)²) block
   indices, never the dense n x n mask; tiles wholly inside the band with no padding or global key skip the mask
   function.
-* ``blocked`` — no compiler needed (used when FlexAttention or a compiler is missing): the sequence is cut into
-  blocks of w queries; each block attends to the 3w keys of its own and the two neighbouring blocks plus the G
-  global keys, O(n · (3w + G)), in one batched ``scaled_dot_product_attention`` call with a boolean band mask.
+* ``blocked`` — no compiler needed; ``auto``'s choice on CPU at every length (fastest there, training included) and
+  on CUDA where FlexAttention cannot run: the sequence is cut into blocks of c = :data:`BLOCK_QUERIES` queries; each
+  block attends to the c + 2w keys of its band plus the G global keys, O(n · (c + 2w + G)), the blocks being the
+  batch of one 4-D ``scaled_dot_product_attention`` call with a boolean band mask (so the fused kernel serves it).
 
 Global tokens' own rows (full attention with the global projections) are computed separately in every case.
 A :class:`Plan` holds what every layer of one forward pass shares (the choice, the masks, the global positions), so
@@ -38,9 +39,16 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "dense", "flex", "blocked")
-# Below this many tokens ``auto`` computes the band with one dense masked SDPA call: on 2 CPU cores at 1,024 tokens it
-# was faster than FlexAttention (benchmarks/results/long_attention.md); on CUDA dense masked SDPA stays cheap longer.
-DENSE_MAX_TOKENS = {"cpu": 1024, "cuda": 2048}
+# On CUDA, up to this many tokens ``auto`` computes the band with one dense masked SDPA call, FlexAttention above
+# (measured on an H100). On CPU ``auto`` picks ``blocked`` wherever one block's keys do not already cover the input:
+# one attention layer (12 heads x 32 dims, w = 128, [CLS] global, 2 cores) took 7-9 / 13 / 47 ms at 512 / 1,024 /
+# 4,096 tokens against dense masked SDPA's 10 / 25 / 572 and FlexAttention's - / 36 / 139 (SDPA full without the
+# band: 5 / 18 / 280).
+DENSE_MAX_TOKENS = {"cuda": 2048}
+# Queries per block of ``blocked``: each block copies its c + 2w keys and values, so smaller blocks waste less of the
+# band (c = 64: 80 % of scores visible) but copy more (5x K and V). One layer at 4,096 tokens, w = 128, [CLS] global:
+# c = 64 / 128 / 256 took 62-67 / 47 / 55 ms (2 cores; SDPA full 271-288 ms).
+BLOCK_QUERIES = 128
 FLEX_BLOCK = 128  # FlexAttention's tile; sequences are padded to a multiple of it
 
 
@@ -59,13 +67,6 @@ _FLEX: dict = {}
 _SAID: set = set()
 
 
-def band_mask(w: int, device=None) -> torch.Tensor:
-    """(w, 3w) bool: query i of a block may see key j of [previous, own, next] block when |rel| <= w."""
-    i = torch.arange(w, device=device)[:, None]
-    j = torch.arange(3 * w, device=device)[None, :]
-    return (j - w - i).abs() <= w
-
-
 def flex_available() -> bool:
     """FlexAttention is importable and torch.compile can build a kernel here (a C++ compiler on CPU, triton on CUDA)."""
     if "ok" not in _FLEX:
@@ -78,9 +79,11 @@ def flex_available() -> bool:
     return _FLEX["ok"]
 
 
-def choose(backend: str, n: int, device: torch.device | str, grad: bool = False) -> str:
+def choose(backend: str, n: int, device: torch.device | str, grad: bool = False, window: int = 0) -> str:
     """The backend one forward pass uses: ``backend`` unless ``auto`` (or overridden by EFFILM_ATTENTION_BACKEND).
-    FlexAttention has no backward on CPU (torch 2.13), so training there uses ``blocked``."""
+    ``auto``: on CPU ``blocked`` (``dense`` when one block's band, BLOCK_QUERIES + 2 x ``window`` keys, covers the
+    input); on CUDA ``dense`` for short inputs, FlexAttention for long ones (``blocked`` without a compiler).
+    FlexAttention has no backward on CPU (torch 2.13)."""
     backend = os.environ.get("EFFILM_ATTENTION_BACKEND", backend)
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -90,9 +93,11 @@ def choose(backend: str, n: int, device: torch.device | str, grad: bool = False)
                          f"{torch.__version__}): use 'auto' or 'blocked'")
     if backend != "auto":
         return backend
-    if n <= DENSE_MAX_TOKENS.get(dev, 1024):
+    if dev == "cpu":
+        return "dense" if n <= BLOCK_QUERIES + 2 * window else "blocked"
+    if n <= DENSE_MAX_TOKENS.get(dev, 2048):
         return "dense"
-    return "flex" if flex_available() and not (grad and dev == "cpu") else "blocked"
+    return "flex" if flex_available() else "blocked"
 
 
 @dataclass
@@ -109,6 +114,7 @@ class Plan:
     g_valid: torch.Tensor | None = None  # (b, G) which of ``order`` are global
     dense_mask: torch.Tensor | None = None  # (b, 1, n, n) for ``dense``
     block_mask: object | None = None  # FlexAttention BlockMask for ``flex``
+    blocked_mask: torch.Tensor | None = None  # (b * nb, 1, c, c + 2w + G) for ``blocked``
 
 
 def plan(key_padding: torch.Tensor | None, global_mask: torch.Tensor | None, window: int, shape: tuple[int, int],
@@ -120,7 +126,7 @@ def plan(key_padding: torch.Tensor | None, global_mask: torch.Tensor | None, win
     glob = torch.zeros(b, n, dtype=torch.bool, device=device) if global_mask is None else global_mask.bool() & keep
     n_glob = int(glob.sum(1).max()) if n else 0  # the one host sync of a forward pass
     grad = torch.is_grad_enabled() if grad is None else grad
-    chosen = choose(backend, n, device, grad)
+    chosen = choose(backend, n, device, grad, window)
     if (chosen, backend) not in _SAID:
         _SAID.add((chosen, backend))
         log.info("sliding-window attention: backend %s (asked: %s) from %d tokens on %s", chosen, backend, n,
@@ -135,6 +141,8 @@ def plan(key_padding: torch.Tensor | None, global_mask: torch.Tensor | None, win
         p.dense_mask = ((band[None] & ~glob[:, None, :] | glob[:, None, :]) & keep[:, None, :])[:, None]
     elif chosen == "flex":
         p.block_mask = _band_block_mask(keep, glob, window, grad)
+    else:
+        p.blocked_mask = _blocked_mask(p, BLOCK_QUERIES)
     return p
 
 
@@ -206,9 +214,11 @@ def _flex_local(q, k, v, p: Plan, scale) -> torch.Tensor:
 
 def sliding_window_attention(q, k, v, window: int, key_padding: torch.Tensor | None = None,
                              global_mask: torch.Tensor | None = None, global_qkv: tuple | None = None,
-                             scale: float | None = None, backend: str = "auto", plan_: Plan | None = None) -> torch.Tensor:
+                             scale: float | None = None, backend: str = "auto", plan_: Plan | None = None,
+                             global_q_rows: bool = False) -> torch.Tensor:
     """q, k, v: (b, h, n, d). ``key_padding``: (b, n) bool, True = real token. ``global_mask``: (b, n) bool.
-    ``global_qkv``: (q_g, k_g, v_g) projections (b, h, n, d) used for the global tokens' own rows.
+    ``global_qkv``: (q_g, k_g, v_g) projections (b, h, n, d) used for the global tokens' own rows; with
+    ``global_q_rows`` q_g holds only the rows ``plan_.order`` names, (b, h, G, d) (the caller projected just those).
     ``backend``: auto | dense | flex | blocked. ``plan_``: a :class:`Plan` shared by the layers of one forward pass
     (built here when not given). Returns (b, h, n, d)."""
     b, n = q.shape[0], q.shape[2]
@@ -220,46 +230,58 @@ def sliding_window_attention(q, k, v, window: int, key_padding: torch.Tensor | N
         out = _flex_local(q, k, v, p, scale)
     else:
         out = _blocked_local(q, k, v, p, scale)
-    return _global_rows(out, q, k, v, p, global_qkv, scale)
+    return _global_rows(out, q, k, v, p, global_qkv, scale, global_q_rows)
+
+
+def _blocked_mask(p: Plan, c: int) -> torch.Tensor:
+    """(b * nb, 1, c, c + 2w + G) bool for ``blocked``: block j's c queries see the band keys of positions
+    [j*c - w, j*c + c + w) that are real and not global, then the row's G global keys. Every query also sees its
+    own position, so no row is fully masked (padded and global rows are cut off or replaced afterwards; a fully
+    masked row would be NaN, and NaN reaches the gradients)."""
+    b, n, w = p.keep.shape[0], p.n, p.window
+    nb = -(-n // c)
+    L = c + 2 * w
+    local_ok = p.keep & ~p.glob
+    ok = F.pad(local_ok, (w, w + nb * c - n), value=False).unfold(1, L, c)  # (b, nb, L)
+    rel = torch.arange(L, device=ok.device)[None, :] - w - torch.arange(c, device=ok.device)[:, None]  # (c, L)
+    mask = (rel.abs() <= w)[None, None] & ok[:, :, None, :] | (rel == 0)[None, None]  # (b, nb, c, L)
+    if p.n_glob:
+        mask = torch.cat([mask, p.g_valid[:, None, None, :].expand(b, nb, c, p.n_glob)], dim=3)
+    return mask.reshape(b * nb, 1, c, L + p.n_glob)
 
 
 def _blocked_local(q, k, v, p: Plan, scale) -> torch.Tensor:
+    """Blocks of c queries become batch entries of one 4-D SDPA call (so the fused CPU/CUDA kernels serve it; a 5-D
+    call falls back to the unfused path, measured 5-8x slower on CPU), each with its c + 2w band keys (+ G global).
+    Keys are gathered in (token, head, dim) layout, where each block's band is one contiguous run of memory: the
+    copy is a memcpy per block (the same copy from (head, token, dim) layout took as long as the attention)."""
     b, h, n, d = q.shape
-    w = p.window
-    nb = -(-n // w)
-    pad = nb * w - n
-    dev = q.device
+    w, c, g = p.window, BLOCK_QUERIES, p.n_glob
+    nb = -(-n // c)
+    pad, L = nb * c - n, c + 2 * w
+    qb = F.pad(q.transpose(1, 2), (0, 0, 0, 0, 0, pad)).reshape(b * nb, c, h, d).transpose(1, 2)
 
-    # local keys: real, and not global (global keys are added separately below)
-    local_ok = p.keep & ~p.glob
-    qp = F.pad(q, (0, 0, 0, pad)).view(b, h, nb, w, d)
-    kp = F.pad(k, (0, 0, w, w + pad)).unfold(2, 3 * w, w).transpose(-1, -2)  # (b, h, nb, 3w, d)
-    vp = F.pad(v, (0, 0, w, w + pad)).unfold(2, 3 * w, w).transpose(-1, -2)
-    ok = F.pad(local_ok, (w, w + pad), value=False).unfold(1, 3 * w, w)  # (b, nb, 3w)
-    mask = band_mask(w, dev)[None, None] & ok[:, :, None, :]  # (b, nb, w, 3w)
+    def bands(x: torch.Tensor) -> torch.Tensor:
+        xt = F.pad(x.transpose(1, 2), (0, 0, 0, 0, w, w + pad)).contiguous()  # (b, n', h, d)
+        out = xt.new_empty(b, nb, L + g, h, d)
+        out[:, :, :L] = xt.as_strided((b, nb, L, h, d), (xt.stride(0), c * h * d, h * d, d, 1))
+        if g:  # each row's global keys (padded to the max count) appended as extra keys of every block
+            out[:, :, L:] = torch.gather(xt[:, w:w + n], 1, p.order[:, :, None, None].expand(b, g, h, d))[:, None]
+        return out.view(b * nb, L + g, h, d).transpose(1, 2)
 
-    if p.n_glob:
-        # each row's global keys (padded to the max count) appended as extra keys of every block
-        g = p.n_glob
-        idx = p.order[:, None, :, None].expand(b, h, g, d)
-        gk, gv = torch.gather(k, 2, idx), torch.gather(v, 2, idx)  # (b, h, G, d)
-        kp = torch.cat([kp, gk[:, :, None].expand(b, h, nb, g, d)], dim=3)
-        vp = torch.cat([vp, gv[:, :, None].expand(b, h, nb, g, d)], dim=3)
-        mask = torch.cat([mask, p.g_valid[:, None, None, :].expand(b, nb, w, g)], dim=3)
-
-    out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask[:, None], scale=scale)
-    # padded query rows have no visible key -> NaN; they are cut off here
-    return out.reshape(b, h, nb * w, d)[:, :, :n]
+    out = F.scaled_dot_product_attention(qb, bands(k), bands(v), attn_mask=p.blocked_mask, scale=scale)
+    return out.transpose(1, 2).reshape(b, nb * c, h, d)[:, :n].transpose(1, 2)
 
 
-def _global_rows(out, q, k, v, p: Plan, global_qkv, scale) -> torch.Tensor:
+def _global_rows(out, q, k, v, p: Plan, global_qkv, scale, q_rows: bool = False) -> torch.Tensor:
     """Global tokens attend to every token with the global projections; their rows replace the local ones."""
     if not p.n_glob:
         return out
     b, h, n, d = q.shape
     qg, kg, vg = global_qkv if global_qkv is not None else (q, k, v)
     idx = p.order[:, None, :, None].expand(b, h, p.n_glob, d)
-    g_rows = F.scaled_dot_product_attention(torch.gather(qg, 2, idx), kg, vg, attn_mask=p.keep[:, None, None, :],
+    g_rows = F.scaled_dot_product_attention(qg if q_rows else torch.gather(qg, 2, idx), kg, vg,
+                                            attn_mask=p.keep[:, None, None, :],
                                             scale=scale)
     valid = p.g_valid[:, None, :, None].expand(b, h, p.n_glob, d)
     return out.scatter(2, idx, torch.where(valid, g_rows, torch.gather(out, 2, idx)))
