@@ -147,3 +147,27 @@ def test_flex_block_mask_is_block_sparse_not_dense():
     per_row = bm.kv_num_blocks + bm.full_kv_num_blocks
     assert bm.seq_lengths == (n, n)  # 16,384 is a bucket: no padding
     assert int(per_row.max()) <= 4 and bm.kv_indices.numel() <= (n // 128) ** 2
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_folded_global_rows_equal_projected_ones(bias):
+    """Global rows computed with the key and value projections folded into the queries equal attention over every
+    token's projected global keys and values (padding masked)."""
+    torch.manual_seed(3)
+    b, n, hidden, h = 2, 300, 48, 4
+    d = hidden // h
+    x = torch.randn(b, n, hidden)
+    key, value = torch.nn.Linear(hidden, hidden, bias=bias), torch.nn.Linear(hidden, hidden, bias=bias)
+    keep = torch.ones(b, n, dtype=torch.bool)
+    keep[1, -50:] = False
+    q_rows = torch.randn(b, h, 3, d)
+
+    def heads(t):
+        return t.view(b, n, h, d).transpose(1, 2)
+
+    ref = torch.nn.functional.scaled_dot_product_attention(q_rows, heads(key(x)), heads(value(x)),
+                                                           attn_mask=keep[:, None, None, :])
+    ours = attention.global_rows_folded(q_rows, x, key, value, keep)
+    assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()
+    x[1, -50:] = 1e3  # padded tokens' values never reach the rows
+    assert torch.allclose(attention.global_rows_folded(q_rows, x, key, value, keep)[1], ref[1], atol=1e-5)

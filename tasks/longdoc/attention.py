@@ -49,6 +49,7 @@ DENSE_MAX_TOKENS = {"cuda": 2048}
 # band (c = 64: 80 % of scores visible) but copy more (5x K and V). One layer at 4,096 tokens, w = 128, [CLS] global:
 # c = 64 / 128 / 256 took 62-67 / 47 / 55 ms (2 cores; SDPA full 271-288 ms).
 BLOCK_QUERIES = 128
+GROUP_BLOCKS = 8  # blocks per SDPA call of ``blocked``: bounds its K/V band copies (8 x 384 keys: ~5 MB at MiniLM's size)
 FLEX_BLOCK = 128  # FlexAttention's tile; sequences are padded to a multiple of it
 
 
@@ -215,10 +216,10 @@ def _flex_local(q, k, v, p: Plan, scale) -> torch.Tensor:
 def sliding_window_attention(q, k, v, window: int, key_padding: torch.Tensor | None = None,
                              global_mask: torch.Tensor | None = None, global_qkv: tuple | None = None,
                              scale: float | None = None, backend: str = "auto", plan_: Plan | None = None,
-                             global_q_rows: bool = False) -> torch.Tensor:
+                             global_out: torch.Tensor | None = None) -> torch.Tensor:
     """q, k, v: (b, h, n, d). ``key_padding``: (b, n) bool, True = real token. ``global_mask``: (b, n) bool.
-    ``global_qkv``: (q_g, k_g, v_g) projections (b, h, n, d) used for the global tokens' own rows; with
-    ``global_q_rows`` q_g holds only the rows ``plan_.order`` names, (b, h, G, d) (the caller projected just those).
+    ``global_qkv``: (q_g, k_g, v_g) projections (b, h, n, d) used for the global tokens' own rows; or ``global_out``:
+    those rows already computed (b, h, G, d), in ``plan_.order`` (:func:`global_rows_folded`).
     ``backend``: auto | dense | flex | blocked. ``plan_``: a :class:`Plan` shared by the layers of one forward pass
     (built here when not given). Returns (b, h, n, d)."""
     b, n = q.shape[0], q.shape[2]
@@ -230,7 +231,7 @@ def sliding_window_attention(q, k, v, window: int, key_padding: torch.Tensor | N
         out = _flex_local(q, k, v, p, scale)
     else:
         out = _blocked_local(q, k, v, p, scale)
-    return _global_rows(out, q, k, v, p, global_qkv, scale, global_q_rows)
+    return _global_rows(out, q, k, v, p, global_qkv, scale, global_out)
 
 
 def _blocked_mask(p: Plan, c: int) -> torch.Tensor:
@@ -251,40 +252,70 @@ def _blocked_mask(p: Plan, c: int) -> torch.Tensor:
 
 
 def _blocked_local(q, k, v, p: Plan, scale) -> torch.Tensor:
-    """Blocks of c queries become batch entries of one 4-D SDPA call (so the fused CPU/CUDA kernels serve it; a 5-D
-    call falls back to the unfused path, measured 5-8x slower on CPU), each with its c + 2w band keys (+ G global).
-    Keys are gathered in (token, head, dim) layout, where each block's band is one contiguous run of memory: the
-    copy is a memcpy per block (the same copy from (head, token, dim) layout took as long as the attention)."""
+    """Blocks of c queries become batch entries of 4-D SDPA calls (so the fused CPU/CUDA kernels serve them; a 5-D
+    call falls back to the unfused path, measured 5-8x slower on CPU), each with its c + 2w band keys (+ G global),
+    :data:`GROUP_BLOCKS` blocks per call so the band copies stay a few MB whatever the length. Keys are gathered in
+    (token, head, dim) layout, where each block's band is one contiguous run of memory: the copy is a memcpy per
+    block (the same copy from (head, token, dim) layout took as long as the attention)."""
     b, h, n, d = q.shape
     w, c, g = p.window, BLOCK_QUERIES, p.n_glob
     nb = -(-n // c)
     pad, L = nb * c - n, c + 2 * w
-    qb = F.pad(q.transpose(1, 2), (0, 0, 0, 0, 0, pad)).reshape(b * nb, c, h, d).transpose(1, 2)
+    qt = F.pad(q.transpose(1, 2), (0, 0, 0, 0, 0, pad)).view(b, nb, c, h, d)
+    kt, vt = (F.pad(x.transpose(1, 2), (0, 0, 0, 0, w, w + pad)).contiguous() for x in (k, v))  # (b, n', h, d)
+    if g:  # each row's global keys (padded to the max count), appended as extra keys of every block
+        idx = p.order[:, :, None, None].expand(b, g, h, d)
+        gk, gv = (torch.gather(x[:, w:w + n], 1, idx)[:, None] for x in (kt, vt))
+    masks = p.blocked_mask.view(b, nb, 1, c, L + g)
+    out = q.new_empty(b, nb, c, h, d)
+    for j0 in range(0, nb, GROUP_BLOCKS):
+        m = min(GROUP_BLOCKS, nb - j0)
 
-    def bands(x: torch.Tensor) -> torch.Tensor:
-        xt = F.pad(x.transpose(1, 2), (0, 0, 0, 0, w, w + pad)).contiguous()  # (b, n', h, d)
-        out = xt.new_empty(b, nb, L + g, h, d)
-        out[:, :, :L] = xt.as_strided((b, nb, L, h, d), (xt.stride(0), c * h * d, h * d, d, 1))
-        if g:  # each row's global keys (padded to the max count) appended as extra keys of every block
-            out[:, :, L:] = torch.gather(xt[:, w:w + n], 1, p.order[:, :, None, None].expand(b, g, h, d))[:, None]
-        return out.view(b * nb, L + g, h, d).transpose(1, 2)
+        def bands(xt: torch.Tensor, glob_x) -> torch.Tensor:
+            x = xt.new_empty(b, m, L + g, h, d)
+            x[:, :, :L] = xt.as_strided((b, m, L, h, d), (xt.stride(0), c * h * d, h * d, d, 1),
+                                        xt.storage_offset() + j0 * c * h * d)
+            if g:
+                x[:, :, L:] = glob_x
+            return x.view(b * m, L + g, h, d).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(qb, bands(k), bands(v), attn_mask=p.blocked_mask, scale=scale)
-    return out.transpose(1, 2).reshape(b, nb * c, h, d)[:, :n].transpose(1, 2)
+        qb = qt[:, j0:j0 + m].reshape(b * m, c, h, d).transpose(1, 2)
+        o = F.scaled_dot_product_attention(qb, bands(kt, gk if g else None), bands(vt, gv if g else None),
+                                           attn_mask=masks[:, j0:j0 + m].reshape(b * m, 1, c, L + g), scale=scale)
+        out[:, j0:j0 + m] = o.view(b, m, h, c, d).transpose(2, 3)
+    return out.view(b, nb * c, h, d)[:, :n].transpose(1, 2)
 
 
-def _global_rows(out, q, k, v, p: Plan, global_qkv, scale, q_rows: bool = False) -> torch.Tensor:
+def _global_rows(out, q, k, v, p: Plan, global_qkv, scale, g_rows=None) -> torch.Tensor:
     """Global tokens attend to every token with the global projections; their rows replace the local ones."""
     if not p.n_glob:
         return out
     b, h, n, d = q.shape
-    qg, kg, vg = global_qkv if global_qkv is not None else (q, k, v)
     idx = p.order[:, None, :, None].expand(b, h, p.n_glob, d)
-    g_rows = F.scaled_dot_product_attention(qg if q_rows else torch.gather(qg, 2, idx), kg, vg,
-                                            attn_mask=p.keep[:, None, None, :],
-                                            scale=scale)
+    if g_rows is None:
+        qg, kg, vg = global_qkv if global_qkv is not None else (q, k, v)
+        g_rows = F.scaled_dot_product_attention(torch.gather(qg, 2, idx), kg, vg, attn_mask=p.keep[:, None, None, :],
+                                                scale=scale)
     valid = p.g_valid[:, None, :, None].expand(b, h, p.n_glob, d)
-    return out.scatter(2, idx, torch.where(valid, g_rows, torch.gather(out, 2, idx)))
+    return out.scatter(2, idx, torch.where(valid, g_rows.to(out.dtype), torch.gather(out, 2, idx)))
+
+
+def global_rows_folded(q_rows: torch.Tensor, x: torch.Tensor, key: torch.nn.Linear, value: torch.nn.Linear,
+                       keep: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """The global tokens' own rows (b, h, G, d) from their queries ``q_rows`` and the layer input ``x`` (b, n, H),
+    without projecting every token's global key and value (two n x H x H products: 14 % of a MiniLM layer's
+    matmuls at 4,096 tokens): a score q . (W_k x + b_k) = (W_k^T q) . x + q . b_k, where the bias term is the same
+    for every key of a row and softmax ignores it; the output sum_j p_j (W_v x_j + b_v) = W_v (sum_j p_j x_j) + b_v,
+    as the p_j sum to 1. One SDPA call over the h x G folded queries, O(n . H . h . G)."""
+    b, h, g, d = q_rows.shape
+    hidden = x.shape[-1]
+    wk, wv = key.weight.view(h, d, hidden), value.weight.view(h, d, hidden)
+    qk = torch.einsum("bhgd,hdk->bhgk", q_rows, wk.to(q_rows.dtype)).reshape(b, 1, h * g, hidden)
+    xs = x[:, None].to(qk.dtype)
+    ctx = F.scaled_dot_product_attention(qk, xs, xs, attn_mask=keep.bool()[:, None, None, :],
+                                         scale=d ** -0.5 if scale is None else scale).view(b, h, g, hidden)
+    out = torch.einsum("bhgk,hdk->bhgd", ctx, wv.to(ctx.dtype))
+    return out if value.bias is None else out + value.bias.view(h, d)[None, :, None].to(out.dtype)
 
 
 def reference_attention(q, k, v, window: int, key_padding=None, global_mask=None, global_qkv=None, scale=None):

@@ -41,13 +41,12 @@ class LongSelfAttention(nn.Module):
         if self.mode == "full":
             out = attention.full_attention(q, k, v, key_padding)
         else:
-            gqkv = None
-            if plan.n_glob:  # global queries only at the global positions; global keys and values everywhere
+            g_rows = None
+            if plan.n_glob:  # global queries at the global positions only, their keys and values folded into them
                 rows = torch.gather(hidden_states, 1, plan.order[:, :, None].expand(-1, -1, hidden_states.shape[-1]))
-                gqkv = (self._heads(self.query_global(rows)),
-                        *(self._heads(p(hidden_states)) for p in (self.key_global, self.value_global)))
-            out = attention.sliding_window_attention(q, k, v, self.window, global_qkv=gqkv, plan_=plan,
-                                                     global_q_rows=True)
+                g_rows = attention.global_rows_folded(self._heads(self.query_global(rows)), hidden_states,
+                                                      self.key_global, self.value_global, plan.keep)
+            out = attention.sliding_window_attention(q, k, v, self.window, plan_=plan, global_out=g_rows)
         b, h, n, d = out.shape
         return out.transpose(1, 2).reshape(b, n, h * d), None
 
