@@ -26,33 +26,22 @@ SUMMARIZE = ["eval/rouge1", "eval/rouge2", "eval/rougeL", "eval/summary_words", 
 
 
 def _fmt(v) -> str:
-    return "" if v is None or v != v else (f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 else f"{v:g}")
+    if v is None or v != v:
+        return ""
+    return f"{v:g}" if float(v).is_integer() or abs(v) >= 10 else f"{v:.4f}"
 
 
-def main() -> int:
-    ap = parser(__doc__)
-    ap.add_argument("--work", type=Path, help="a new or empty folder for the MLflow store, outputs and logs")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to `effilm run`")
-    a = ap.parse_args()
-    if a.work and a.work.exists() and any(a.work.iterdir()):
-        ap.error(f"--work {a.work} is not empty (the run must be cold)")
-    tmp = (a.work or Path(tempfile.mkdtemp(prefix="effilm-bench-"))).resolve()
-    tmp.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    env = {"MLFLOW_TRACKING_URI": uri, "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "prefect"), "HF_HUB_OFFLINE": "1"}
-    cmd = [str(Path(sys.executable).parent / "effilm"), "run", "long-document", "--profile", "quick",
-           "--set", f"output_dir={tmp / 'out'}"]
-    for s in a.set:
-        cmd += ["--set", s]
-    seconds = run(cmd, env, tmp / "run.log").seconds
-
+def read_back(uri: str) -> tuple[dict, dict, dict, object]:
+    """(classification, summarization, scaling rows, parent run) of the last long-document flow run in ``uri``."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["effilm/long-document"], order_by=["attributes.start_time ASC"])
     parent_col = "tags.mlflow.parentRunId"
-    is_child = runs[parent_col].notna() if parent_col in runs else runs["run_id"].isna()
-    parent, children = runs[~is_child].iloc[0], runs[is_child]
+    if parent_col not in runs:
+        raise SystemExit(f"{uri}: no nested runs in effilm/long-document (did the flow finish?)")
+    parent = runs[runs[parent_col].isna()].iloc[-1]
+    children = runs[runs[parent_col] == parent["run_id"]]
 
     def metrics(row, keys) -> dict:
         return {k: (None if f"metrics.{k}" not in row or row[f"metrics.{k}"] != row[f"metrics.{k}"]
@@ -70,7 +59,35 @@ def main() -> int:
                  if k.startswith("metrics.bench/") and ("_L" in k) and v == v}
         if bench:
             scaling[name] = bench
+    return classify, summarize, scaling, parent
+
+
+def main() -> int:
+    ap = parser(__doc__)
+    ap.add_argument("--work", type=Path, help="a new or empty folder for the MLflow store, outputs and logs")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to `effilm run`")
+    ap.add_argument("--read-store", metavar="URI", help="run nothing: report the last flow run in this MLflow store "
+                    "(its flow/seconds stands for the wall time)")
+    a = ap.parse_args()
+    if a.read_store:
+        return report(a.read_store, None, a.results_dir)
+    if a.work and a.work.exists() and any(a.work.iterdir()):
+        ap.error(f"--work {a.work} is not empty (the run must be cold)")
+    tmp = (a.work or Path(tempfile.mkdtemp(prefix="effilm-bench-"))).resolve()
+    tmp.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri, "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "prefect"), "HF_HUB_OFFLINE": "1"}
+    cmd = [str(Path(sys.executable).parent / "effilm"), "run", "long-document", "--profile", "quick",
+           "--set", f"output_dir={tmp / 'out'}"]
+    for s in a.set:
+        cmd += ["--set", s]
+    return report(uri, run(cmd, env, tmp / "run.log").seconds, a.results_dir)
+
+
+def report(uri: str, seconds: float | None, results_dir: Path) -> int:
+    classify, summarize, scaling, parent = read_back(uri)
     flow_seconds = float(parent.get("metrics.flow/seconds", float("nan")))
+    seconds = flow_seconds if seconds is None else seconds
     data = {"mlflow_store": uri, "parent_run_id": parent["run_id"], "seconds": round(seconds, 1),
             "flow_seconds": flow_seconds, "classification": classify, "scaling": scaling,
             "summarization": summarize,
@@ -92,7 +109,7 @@ def main() -> int:
         markdown_table([{"method": m, **{k.removeprefix("eval/"): _fmt(v) for k, v in r.items()}}
                         for m, r in summarize.items()], disable_numparse=True) if summarize else "(disabled)",
     ])
-    _, mdp = write_results("long_quick", data, md, a.results_dir)
+    _, mdp = write_results("long_quick", data, md, results_dir)
     print(mdp.read_text())
     return 0
 
