@@ -49,6 +49,7 @@ bench: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/summarization.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/summarization.py --data keps
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/long_attention.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/long_quick.py --work $(BENCH_WORK)/long_quick
 	HF_HUB_OFFLINE=1 MLFLOW_TRACKING_URI=sqlite:///$(abspath $(BENCH_WORK))/quick_profile/mlflow.db \
 		$(BIN)/python benchmarks/reproduce_teacher.py --work $(BENCH_WORK)/reproduce_teacher
 

@@ -21,7 +21,8 @@ from common import markdown_table, parser, run, write_results
 
 TARGET_SECONDS = 25 * 60
 CLASSIFY = ["eval/accuracy", "eval/macro_f1", "eval/macro_f1_len_0_512", "eval/macro_f1_len_512_1024",
-            "eval/macro_f1_len_1024_plus", "eval/degenerate", "train/steps", "train/seconds"]
+            "eval/macro_f1_len_1024_2048", "eval/macro_f1_len_2048_4096", "eval/macro_f1_len_4096_plus",
+            "eval/macro_f1_len_gt_2048", "eval/degenerate", "train/steps", "train/seconds"]
 SUMMARIZE = ["eval/rouge1", "eval/rouge2", "eval/rougeL", "eval/summary_words", "eval/seconds_per_doc"]
 
 
