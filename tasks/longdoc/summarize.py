@@ -219,6 +219,17 @@ def pool_sentences(h, marks: list[int], end: int):
     return sums / counts[:, None]
 
 
+def sentence_in_document(states):
+    """(s, H) sentence states -> (s, 2H + 1): each sentence's state, its product with the document's mean state and
+    their cosine — what the scorer's head reads, so it can learn how central a sentence is from the encoder's own
+    states (the centroid baseline's idea, learned: no baseline's score is an input)."""
+    import torch
+
+    doc = states.mean(0, keepdim=True).expand_as(states)
+    cos = torch.nn.functional.cosine_similarity(states.float(), doc.float(), dim=-1).to(states.dtype)
+    return torch.cat([states, states * doc, cos[:, None]], dim=-1)
+
+
 def sentence_features(long_model, tokenizer, sentences: list[str], max_tokens: int) -> np.ndarray:
     """Each sentence's mean final hidden state (``pool_sentences``; global attention on the markers), L2-normalised;
     zeros for sentences past ``max_tokens``."""
@@ -239,7 +250,8 @@ def sentence_features(long_model, tokenizer, sentences: list[str], max_tokens: i
 
 class SentenceScorer:
     """The long encoder fine-tuned as the extractive scorer: one [CLS] marker per sentence (local attention around
-    it; the document's first marker global), a linear score on each sentence's mean final state, trained end to end on
+    it; the document's first marker global), a linear score on each sentence's mean final state in the context of
+    the document's (:func:`sentence_in_document`), trained end to end on
     greedy-ROUGE oracle labels (weighted binary cross-entropy: few sentences are positive). Only the encoder reads
     the text — no TextRank, centroid or position feature: those are the baselines it is compared with.
 
@@ -251,7 +263,7 @@ class SentenceScorer:
         import torch
 
         self.long, self.device, self.global_markers = long_model.to(device), device, global_markers
-        self.head = torch.nn.Linear(long_model.config.hidden_size, 1).to(device)
+        self.head = torch.nn.Linear(2 * long_model.config.hidden_size + 1, 1).to(device)
         self.amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     def _states(self, ids: list[int], marks: list[int]):
@@ -261,7 +273,8 @@ class SentenceScorer:
         glob = torch.zeros_like(x, dtype=torch.bool)
         glob[0, marks if self.global_markers else [0]] = True
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            return pool_sentences(self.long.hidden_states(x, global_mask=glob)[0], marks, len(ids) - 1)
+            return sentence_in_document(pool_sentences(self.long.hidden_states(x, global_mask=glob)[0], marks,
+                                                       len(ids) - 1))
 
     def _logits(self, ids: list[int], marks: list[int]):
         import torch
