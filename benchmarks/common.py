@@ -166,3 +166,17 @@ def run(cmd: list[str], env: dict | None = None, log: Path | None = None, ok: tu
         raise subprocess.CalledProcessError(rc, command, output=f"see {log}" if log else None)
     return ran
 
+
+def cold_store(ap: argparse.ArgumentParser, work: Path | None) -> tuple[Path, str, dict]:
+    """A new or empty folder for a cold flow run (``work``, else a temporary one) -> (folder, MLflow URI, the
+    environment that points the run's MLflow store and Prefect result storage into it). A non-empty ``work`` is a
+    usage error (exit 2): the run would not be cold."""
+    import tempfile
+
+    if work and work.exists() and any(work.iterdir()):
+        ap.error(f"--work {work} is not empty (the run must be cold)")
+    tmp = (work or Path(tempfile.mkdtemp(prefix="effilm-bench-"))).resolve()
+    tmp.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    return tmp, uri, {"MLFLOW_TRACKING_URI": uri, "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "prefect"),
+                      "HF_HUB_OFFLINE": "1"}

@@ -14,10 +14,9 @@ learn (that is benchmarks/long_keps.py). --set is passed on to `effilm run`.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
-from common import markdown_table, parser, run, write_results
+from common import cold_store, markdown_table, parser, run, write_results
 
 TARGET_SECONDS = 25 * 60
 CLASSIFY = ["eval/accuracy", "eval/macro_f1", "eval/macro_f1_len_0_512", "eval/macro_f1_len_512_1024",
@@ -72,12 +71,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.read_store:
         return report(a.read_store, None, a.results_dir)
-    if a.work and a.work.exists() and any(a.work.iterdir()):
-        ap.error(f"--work {a.work} is not empty (the run must be cold)")
-    tmp = (a.work or Path(tempfile.mkdtemp(prefix="effilm-bench-"))).resolve()
-    tmp.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    env = {"MLFLOW_TRACKING_URI": uri, "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "prefect"), "HF_HUB_OFFLINE": "1"}
+    tmp, uri, env = cold_store(ap, a.work)
     cmd = [str(Path(sys.executable).parent / "effilm"), "run", "long-document", "--profile", "quick",
            "--set", f"output_dir={tmp / 'out'}"]
     for s in a.set:

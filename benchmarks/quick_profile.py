@@ -13,10 +13,9 @@ Writes <results-dir>/quick_profile.{json,md}.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
-from common import markdown_table, parser, run, write_results
+from common import cold_store, markdown_table, parser, run, write_results
 
 KEYS = ["eval/accuracy", "eval/macro_f1", "bench/latency_ms_p50_b1_t1", "bench/latency_ms_p95_b1_t1",
         "bench/latency_ms_p50_b1_tall", "bench/latency_ms_p50_b32_tall", "bench/throughput_b32",
@@ -28,12 +27,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, help="a new or empty folder for the MLflow store, outputs and logs")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to `effilm run`")
     a = ap.parse_args()
-    if a.work and a.work.exists() and any(a.work.iterdir()):
-        ap.error(f"--work {a.work} is not empty (the first run must be cold)")
-    tmp = (a.work or Path(tempfile.mkdtemp(prefix="effilm-bench-"))).resolve()
-    tmp.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    env = {"MLFLOW_TRACKING_URI": uri, "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "prefect"), "HF_HUB_OFFLINE": "1"}
+    tmp, uri, env = cold_store(ap, a.work)
     effilm = str(Path(sys.executable).parent / "effilm")
     cmd = [effilm, "run", "mobile-bert", "--profile", "quick", "--set", f"output_dir={tmp / 'out'}", "--set", "variants=[]"]
     for s in a.set:
