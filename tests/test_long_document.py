@@ -254,6 +254,7 @@ def test_each_mechanism_trains_for_what_it_does(tiny_cls, bbc_slice, tmp_path, m
     res = train_long.train_mechanism(mech, ModelConfig(source=tiny_cls), LongConfig(**LONG), cfg, bbc_slice, 0,
                                      str(tmp_path / "w"))
     assert res["steps"] == 3 and not res["reused"]
+    assert 0 <= res["probe_val_macro_f1"] <= 1 and "train/probe_val_macro_f1" in train_long.metrics(res)  # LP-FT head
     assert longify.is_long(res["model_dir"]) == (mech in ("sliding-window", "full-long"))
     run, _ = mechanisms.classifier_for(mech, res["model_dir"], LONG)
     with torch.no_grad():
@@ -318,6 +319,9 @@ def test_hierarchical_chunks_a_document_and_round_trips(tiny_cls, tmp_path):
         alone = model.encoder(input_ids=ids[1:, :40], attention_mask=mask[1:, :40]).last_hidden_state[:, 0]
         inside = model.encoder(input_ids=chunk_ids[3:4], attention_mask=chunk_mask[3:4]).last_hidden_state[:, 0]
         assert torch.allclose(alone, inside, atol=1e-5)
+        real = present.reshape(-1)  # full and partial chunks encoded apart, each cut to its width: same vectors
+        padded = model.encoder(input_ids=chunk_ids[real], attention_mask=chunk_mask[real]).last_hidden_state[:, 0]
+        assert torch.allclose(model.encode_chunks(chunk_ids[real], chunk_mask[real]), padded, atol=1e-5)
         logits = model(ids, mask)
     assert logits.shape == (2, 3)
     tok = models.load_tokenizer(tiny_cls)
@@ -367,11 +371,18 @@ def test_training_keeps_the_epoch_that_scored_best_on_validation(tiny_cls, bbc_s
     assert len(seen) == 3 and stats["best_epoch"] == 1.0 and [e for e, _ in stats["val_scores"]] == [1.0, 2.0, 3.0]
     assert all(torch.equal(v, seen[0][k]) for k, v in model.state_dict().items())
     assert not all(torch.equal(v, seen[-1][k]) for k, v in model.state_dict().items())
+    start = {k: v.clone() for k, v in model.state_dict().items()}  # score_at_start: the untrained model may win
+    seen.clear()
+    stats = train_loop(model, tok, ["some text here"] * 8, [0, 1, 2, 0, 1, 2, 0, 1],
+                       {"epochs": 2, "batch_size": 4, "learning_rate": 1e-2, "device": "cpu"}, 0, 32,
+                       tmp_path / "loop0", score_fn=score, score_at_start=True)
+    assert [e for e, _ in stats["val_scores"]] == [0.0, 1.0, 2.0] and stats["best_epoch"] == 0.0
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
 
     cfg = LongTrainConfig(epochs=2, batch_size=16, max_tokens=128, chunk_tokens=64, device="cpu")
     res = train_long.train_mechanism("truncate-512", ModelConfig(source=tiny_cls), LongConfig(**LONG), cfg,
                                      bbc_slice, 0, str(tmp_path / "w"))
-    assert res["best_epoch"] in (1.0, 2.0) and len(res["val_scores"]) == 2
+    assert res["best_epoch"] in (0.0, 1.0, 2.0) and [e for e, _ in res["val_scores"]] == [0.0, 1.0, 2.0]  # 0: probe
     scorer = train_long.validation_scorer("truncate-512", tiny_cls, LongConfig(**LONG), bbc_slice, 64)
     assert scorer(models.load_hf_model(res["model_dir"])) == pytest.approx(res["best_val_score"])
     assert train_long.metrics(res)["train/best_val_macro_f1"] == res["best_val_score"]

@@ -111,6 +111,10 @@ class LongTrainConfig(TrainConfig):
     gradient_checkpointing: bool = Field(False, description="recompute long-model layers in backward (less memory)")
     select_on_validation: bool = Field(True, description="score validation macro-F1 after every epoch and keep the "
                                        "best epoch's weights (only when training lasts more than one epoch)")
+    head_init: Literal["probe", "random"] = Field(
+        "probe", description="probe: the classifier head starts as a logistic regression on the pretrained encoder's "
+        "features of each document's first chunk_tokens tokens, C on validation (LP-FT; tasks/core/probe.py); "
+        "random: a fresh head")
 
 
 class EvaluateConfig(Strict):

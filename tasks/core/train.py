@@ -93,12 +93,14 @@ def train_loop(
     loss_fn: Callable | None = None,
     desc: str = "fine-tune",
     score_fn: Callable | None = None,
+    score_at_start: bool = False,
 ) -> dict:
     """Generic resumable loop. ``loss_fn(model, batch, idx) -> loss`` defaults to cross-entropy on the labels.
 
     ``score_fn(model) -> float`` (higher is better, e.g. validation macro-F1): called after every epoch and at the
     end; the weights of the best call are restored at the end ("choose on validation"). Only when training lasts more
-    than one epoch (one call would choose nothing) and in a single process. The best weights ride in the checkpoint,
+    than one epoch (one call would choose nothing) and in a single process. ``score_at_start``: the untrained model
+    is a candidate too (epoch 0: a head that starts from a linear probe may already beat every fine-tuned epoch). The best weights ride in the checkpoint,
     so a resumed run still knows them.
 
     Inside a torchrun job (``tasks.core.distributed``) the model is wrapped in DDP and each rank trains on its share of
@@ -181,6 +183,8 @@ def train_loop(
                   **({"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {})).logits,
                 batch["labels"])
 
+    if selecting and score_at_start and step == 0:
+        consider()
     t0 = time.perf_counter()
     seen = 0
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0)

@@ -57,14 +57,33 @@ class HierarchicalClassifier(nn.Module):
         chunk_ids, chunk_mask, present = self.chunks(input_ids, attention_mask)
         b, k = present.shape
         flat = present.reshape(-1)
-        out = self.encoder(input_ids=chunk_ids[flat], attention_mask=chunk_mask[flat]).last_hidden_state[:, 0]
-        vectors = out.new_zeros(b * k, out.shape[-1])
-        vectors[flat] = out
-        vectors = vectors.reshape(b, k, -1) + self.chunk_position.weight[:k]
+        vectors = self.encode_chunks(chunk_ids[flat], chunk_mask[flat])
+        out = vectors.new_zeros(b * k, vectors.shape[-1])
+        out[flat] = vectors
+        return self.classifier(self.dropout(self.pool(out.reshape(b, k, -1), present)))
+
+    def encode_chunks(self, chunk_ids: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
+        """[CLS] vector of each chunk. Full chunks and partial ones (a document's tail: often a few tokens) are
+        encoded apart, each cut to its own longest, so a tail of 1 token does not cost a full chunk's attention."""
+        ends = (chunk_mask * torch.arange(1, chunk_mask.shape[1] + 1, device=chunk_mask.device)).amax(1)
+        full = ends == chunk_mask.shape[1]  # (the width each chunk needs: up to its last real token)
+        if bool(full.all()) or not bool(full.any()):
+            width = int(ends.max())
+            return self.encoder(input_ids=chunk_ids[:, :width], attention_mask=chunk_mask[:, :width]).last_hidden_state[:, 0]
+        out = chunk_ids.new_zeros(chunk_ids.shape[0], self.config.hidden_size, dtype=self.chunk_position.weight.dtype)
+        for part in (full, ~full):
+            width = int(ends[part].max())
+            states = self.encoder(input_ids=chunk_ids[part, :width], attention_mask=chunk_mask[part, :width])
+            out = out.index_put((part.nonzero(as_tuple=True)[0],), states.last_hidden_state[:, 0].to(out.dtype))
+        return out
+
+    def pool(self, vectors: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """(B, k, hidden) chunk [CLS] vectors, (B, k) mask of real chunks -> (B, hidden): what the classifier reads
+        (chunk positions added, one transformer layer across chunks, masked mean)."""
+        vectors = vectors + self.chunk_position.weight[: vectors.shape[1]]
         mixed = self.mixer(vectors, src_key_padding_mask=~present)
         weights = present.unsqueeze(-1).to(mixed.dtype)
-        pooled = (mixed * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return self.classifier(self.dropout(pooled))
+        return (mixed * weights).sum(1) / weights.sum(1).clamp(min=1)
 
     def save_pretrained(self, path: str | Path, safe_serialization: bool = True) -> None:
         """Every weight as ``model.safetensors`` plus the encoder's config (what checkpoints and :func:`save` write)."""

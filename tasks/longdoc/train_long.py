@@ -9,6 +9,10 @@ number of optimizer steps (recorded per run):
 * ``sliding-window`` / ``full-long`` — long-ified first (``tasks/longdoc/longify.py``), then fine-tuned on inputs
   up to ``long_train.max_tokens``: Longformer's recipe (a long model that never saw a long input cannot use one).
 
+Head: a linear probe's (``long_train.head_init: probe``, ``tasks/core/probe.py``, LP-FT): logistic regression on the
+pretrained encoder's features of each training document's first ``chunk_tokens`` tokens (computed once, shared by
+every mechanism), C on validation; the fine-tune starts from it instead of a random head.
+
 Class imbalance: class-weighted cross-entropy (``long_train.class_weights``). Choice on validation: after every
 epoch the mechanism is scored on the validation split (macro-F1, as it classifies at inference) and the best epoch's
 weights are kept (``long_train.select_on_validation``). Steps: ``max_steps``, else epochs over
@@ -18,19 +22,23 @@ steps). The shared loop is ``tasks.core.train.train_loop`` (resumable checkpoint
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from prefect import task
+from tqdm.auto import tqdm
 
 from tasks.core import data as data_mod
-from tasks.core import models
+from tasks.core import models, probe
 from tasks.core.config import LongConfig, LongTrainConfig, ModelConfig
 from tasks.core.orchestrate import CACHE
 from tasks.core.train import set_seed, train_loop
 from tasks.longdoc import hierarchical, longify, mechanisms
+
+log = logging.getLogger(__name__)
 
 SHORT = ("truncate-512", "chunked-512")
 LONG = ("sliding-window", "full-long", "hierarchical")
@@ -77,6 +85,65 @@ def validation_scorer(mechanism: str, tokenizer_source: str, long_cfg: LongConfi
     return score
 
 
+def base_features(model_cfg: ModelConfig, data: dict, chunk_tokens: int, device: torch.device) -> dict:
+    """The pretrained classifier's head inputs and [CLS] vectors over the first ``chunk_tokens`` tokens of the train
+    and validation documents: {"train_head", "train_cls", "val_head", "val_cls"}. Cached beside the data splits (one
+    forward pass over the training set, shared by every mechanism and seed)."""
+    import hashlib
+    import json
+    import os
+
+    key = hashlib.sha256(json.dumps([model_cfg.source, model_cfg.revision, chunk_tokens]).encode()).hexdigest()[:12]
+    cache = Path(data["dir"]) / f"probe-features-{key}.npz"
+    if cache.is_file():
+        with np.load(cache) as f:
+            return {k: f[k] for k in f.files}
+    tokenizer = models.load_tokenizer(model_cfg.source, model_cfg.trust_remote_code, model_cfg.revision)
+    model = models.load_classifier(model_cfg.source, data["labels"], model_cfg.trust_remote_code,
+                                   model_cfg.revision).to(device)
+
+    def forward(m, texts):
+        enc = tokenizer(texts, truncation=True, max_length=chunk_tokens, padding=True, return_tensors="pt").to(device)
+        return m(**enc, output_hidden_states=True).hidden_states[-1][:, 0]
+
+    out = {}
+    for split in ("train", "val"):
+        texts = data_mod.load_split(data["paths"][split])["text"].tolist()
+        batches = [texts[i : i + 16] for i in range(0, len(texts), 16)]
+        out[f"{split}_head"], out[f"{split}_cls"] = probe.head_inputs(
+            model, forward, tqdm(batches, desc=f"probe features ({split})", unit="batch", mininterval=2.0))
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **out)
+    os.replace(tmp, cache)
+    return out
+
+
+def init_head(mechanism: str, target, model_cfg: ModelConfig, train_cfg: LongTrainConfig, data: dict) -> dict:
+    """Set ``target``'s head to a linear probe fitted on the pretrained encoder's features (see the module docstring)
+    -> {"probe_C", "probe_val_macro_f1"}. The hierarchical model's head reads its chunk mixer's output: its features
+    are each document's first-chunk [CLS] vector through that (fresh) mixer."""
+    labels = data["labels"]
+    feats = base_features(model_cfg, data, train_cfg.chunk_tokens, models.pick_device(train_cfg.device))
+    y = {s: [labels.index(x) for x in data_mod.load_split(data["paths"][s])["label"]] for s in ("train", "val")}
+    if mechanism == "hierarchical":
+        was = target.training
+        target.eval()
+        with torch.inference_mode():
+            def pooled(cls):
+                v = torch.from_numpy(cls).to(target.chunk_position.weight)[:, None, :]
+                return target.pool(v, torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)).float().cpu().numpy()
+            x = {s: pooled(feats[f"{s}_cls"]) for s in ("train", "val")}
+        target.train(was)
+    else:
+        x = {s: feats[f"{s}_head"] for s in ("train", "val")}
+    weight, bias, info = probe.fit((x["train"], y["train"]), (x["val"], y["val"]), len(labels),
+                                   balanced=train_cfg.class_weights)
+    probe.set_head(target, weight, bias)
+    log.info("%s: head from a linear probe (C=%g, validation macro-F1 %.4f on first-%d-token features)",
+             mechanism, info["C"], info["val_macro_f1"], train_cfg.chunk_tokens)
+    return {"probe_C": info["C"], "probe_val_macro_f1": info["val_macro_f1"]}
+
+
 def steps_for(n_docs: int, cfg: LongTrainConfig) -> int:
     return cfg.max_steps or max(1, math.ceil(math.ceil(n_docs / cfg.batch_size) * cfg.epochs))
 
@@ -106,7 +173,11 @@ def train_mechanism(mechanism: str, model_cfg: ModelConfig, long_cfg: LongConfig
     scorer = (validation_scorer(mechanism, model_cfg.source, long_cfg, data, train_cfg.chunk_tokens)
               if train_cfg.select_on_validation else None)
 
+    head = (lambda target: init_head(mechanism, target, model_cfg, train_cfg, data)
+            if train_cfg.head_init == "probe" else {})
+
     if mechanism in SHORT:
+        probed = head(model)
         if mechanism == "chunked-512":
             texts, ys = chunk_texts(tokenizer, texts, ys, train_cfg.chunk_tokens, long_cfg.max_tokens)
 
@@ -115,21 +186,24 @@ def train_mechanism(mechanism: str, model_cfg: ModelConfig, long_cfg: LongConfig
             return torch.nn.functional.cross_entropy(logits, batch["labels"], weight=_on(weights, logits))
 
         stats = train_loop(model, tokenizer, texts, ys, cfg, seed, train_cfg.chunk_tokens, work, loss_fn=loss_fn,
-                           desc=f"train {mechanism}", score_fn=scorer)
-        summary = {k: v for k, v in stats.items() if k != "losses"}
+                           desc=f"train {mechanism}", score_fn=scorer,
+                           score_at_start=bool(probed))
+        summary = {**{k: v for k, v in stats.items() if k != "losses"}, **probed}
         models.save_hf(model.cpu(), tokenizer, final, labels=labels, max_length=train_cfg.chunk_tokens,
                        source=model_cfg.source, train={**summary, "mechanism": mechanism, "documents": len(train)})
     elif mechanism == "hierarchical":
         max_tokens = min(train_cfg.max_tokens, long_cfg.max_tokens)
         hier = hierarchical.from_classifier(model, len(labels), train_cfg.chunk_tokens, long_cfg.max_tokens)
+        probed = head(hier)
 
         def loss_fn(m, batch, idx):
             logits = m(batch["input_ids"], batch["attention_mask"])
             return torch.nn.functional.cross_entropy(logits, batch["labels"], weight=_on(weights, logits))
 
         stats = train_loop(hier, tokenizer, texts, ys, cfg, seed, max_tokens, work, loss_fn=loss_fn,
-                           desc=f"train {mechanism}", score_fn=scorer)
-        summary = {k: v for k, v in stats.items() if k != "losses"}
+                           desc=f"train {mechanism}", score_fn=scorer,
+                           score_at_start=bool(probed))
+        summary = {**{k: v for k, v in stats.items() if k != "losses"}, **probed}
         hierarchical.save(hier.cpu(), tokenizer, final, labels=labels, source=model_cfg.source,
                           train={**summary, "mechanism": mechanism, "documents": len(train),
                                  "train_max_tokens": max_tokens})
@@ -138,14 +212,16 @@ def train_mechanism(mechanism: str, model_cfg: ModelConfig, long_cfg: LongConfig
                                       "sliding" if mechanism == "sliding-window" else "full", long_cfg.attention_backend)
         if train_cfg.gradient_checkpointing:
             long.gradient_checkpointing = True
+        probed = head(long)
 
         def loss_fn(m, batch, idx):
             logits = m(batch["input_ids"], batch["attention_mask"])
             return torch.nn.functional.cross_entropy(logits, batch["labels"], weight=_on(weights, logits))
 
         stats = train_loop(long, tokenizer, texts, ys, cfg, seed, min(train_cfg.max_tokens, long_cfg.max_positions),
-                           work, loss_fn=loss_fn, desc=f"train {mechanism}", score_fn=scorer)
-        summary = {k: v for k, v in stats.items() if k != "losses"}
+                           work, loss_fn=loss_fn, desc=f"train {mechanism}", score_fn=scorer,
+                           score_at_start=bool(probed))
+        summary = {**{k: v for k, v in stats.items() if k != "losses"}, **probed}
         longify.save_long(long.cpu(), tokenizer, final, labels=labels, source=model_cfg.source,
                           train={**summary, "mechanism": mechanism, "documents": len(train),
                                  "train_max_tokens": min(train_cfg.max_tokens, long_cfg.max_positions)})
@@ -162,7 +238,7 @@ def metrics(trained: dict | None) -> dict:
         return {}
     keys = {"steps": "train/steps", "train_seconds": "train/seconds", "samples_per_second": "train/samples_per_second",
             "final_loss": "train/final_loss", "best_epoch": "train/best_epoch",
-            "best_val_score": "train/best_val_macro_f1"}
+            "best_val_score": "train/best_val_macro_f1", "probe_val_macro_f1": "train/probe_val_macro_f1"}
     return {k2: trained[k] for k, k2 in keys.items() if trained.get(k) is not None}
 
 
