@@ -3,8 +3,9 @@ seeds, against truncate-512, the TF-IDF peers and the majority class; and summar
 Summary when ../shared has it).
 
     python benchmarks/long_keps.py                                     # 3 seeds, 10 epochs at 4,096 tokens: a GPU
-    python benchmarks/long_keps.py --device cpu --seeds 0 --max-steps 60 --train-max-tokens 1024 \\
-        --eval-max-tokens 4096                                         # a CPU-sized run (not timed yet)
+    python benchmarks/long_keps.py --device cpu --max-steps 40 --batch-size 4 --train-max-tokens 1024 \\
+        --eval-max-tokens 2048 --mechanisms truncate-512 hierarchical sliding-window --no-summaries
+                                                                       # a CPU-sized run (2 cores: ~45 min)
     python benchmarks/long_keps.py --seeds 0 --max-steps 2 --mechanisms truncate-512 --eval-max-docs 8 \\
         --no-summaries --results-dir /tmp/bench                        # trial
 
@@ -66,6 +67,32 @@ def plot(by_length: dict[str, list[tuple[str, float]]], path: Path) -> None:
     plt.close(fig)
 
 
+def frozen_probe(info: dict, model_cfg, train_cfg, test, y: list[int], buckets: list[int], majority: int) -> dict:
+    """The linear probe every mechanism's head starts from, on the test split as it is (no fine-tuning)."""
+    import torch
+
+    from tasks.core import models, probe
+    from tasks.longdoc import mechanisms, train_long
+
+    labels = info["labels"]
+    feats = train_long.base_features(model_cfg, info, train_cfg.chunk_tokens, models.pick_device(train_cfg.device))
+    ys = {s: [labels.index(x) for x in train_long.data_mod.load_split(info["paths"][s])["label"]] for s in ("train", "val")}
+    weight, bias, params = probe.fit((feats["train_head"], ys["train"]), (feats["val_head"], ys["val"]), len(labels))
+    tok = models.load_tokenizer(model_cfg.source)
+    model = models.load_classifier(model_cfg.source, labels)
+
+    def forward(m, texts):
+        enc = tok(texts, truncation=True, max_length=train_cfg.chunk_tokens, padding=True, return_tensors="pt")
+        return m(**enc, output_hidden_states=True).hidden_states[-1][:, 0]
+
+    texts = test["text"].tolist()
+    x, _ = probe.head_inputs(model, forward, [texts[i : i + 16] for i in range(0, len(texts), 16)])
+    preds = (torch.from_numpy(x) @ weight.T + bias).argmax(-1).tolist()
+    lengths = mechanisms.token_lengths(tok, texts)
+    return {"metrics": mechanisms.score_by_length(preds, y, lengths, labels, buckets, majority),
+            "predictions": preds, "params": params}
+
+
 def main() -> int:
     ap = parser(__doc__)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -75,6 +102,8 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="instead of --epochs")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--head-init", choices=["probe", "random"], default="probe",
+                    help="the classifier head: a linear probe's (LP-FT) or random")
     ap.add_argument("--train-max-tokens", type=int, default=4096)
     ap.add_argument("--eval-max-tokens", type=int, default=4096)
     ap.add_argument("--eval-max-docs", type=int, default=None)
@@ -97,13 +126,14 @@ def main() -> int:
     long_cfg = LongConfig(max_positions=max(4096, a.eval_max_tokens, a.train_max_tokens), attention_window=a.window,
                           max_tokens=a.eval_max_tokens, device=a.device)
     train_cfg = LongTrainConfig(epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, learning_rate=a.lr,
-                                max_tokens=a.train_max_tokens, device=a.device, checkpoint_every=50)
+                                max_tokens=a.train_max_tokens, device=a.device, checkpoint_every=50,
+                                head_init=a.head_init)
     eval_cfg = LongEvalConfig(buckets=buckets, max_docs=a.eval_max_docs)
     runs: dict[str, list[dict]] = {}
     y_test = lengths = labels = None
     t_all = time.perf_counter()
+    info = data_mod.prepare({"source": "keps"}, 0, work / "data")  # KEPs keep their own split: one for every seed
     for seed in a.seeds:
-        info = data_mod.prepare({"source": "keps"}, seed, work / "data")
         labels = info["labels"]
         test = data_mod.load_split(info["paths"]["test"])
         test = test.iloc[: a.eval_max_docs] if a.eval_max_docs else test
@@ -122,6 +152,9 @@ def main() -> int:
             print(mech, seed, {k: round(v, 4) for k, v in res["metrics"].items() if k in
                                ("eval/accuracy", "eval/macro_f1", "eval/macro_f1_len_gt_2048", "eval/degenerate")},
                   flush=True)
+        if a.head_init == "probe":  # the probe alone (frozen encoder, first 512 tokens): what fine-tuning adds to it
+            runs.setdefault("probe-first512", []).append({"seed": seed, **frozen_probe(info, model_cfg, train_cfg, test,
+                                                                                        y, buckets, majority)})
         for name in a.classic:
             res = classic.evaluate(name, info, model_cfg, eval_cfg)
             runs.setdefault(name, []).append({"seed": seed, "metrics": res["metrics"], "predictions": res["predictions"],
@@ -210,7 +243,7 @@ def main() -> int:
                           f"{base:.4f} ({(s.get('extractive-long', 0) - base) * 100:+.1f} points, target +2)")
     md = [f"KEPs test split ({len(y_test)} documents; lengths p50 {int(np.median(lengths))} tokens), seeds {a.seeds}, "
           f"device {a.device}; training: {'max_steps ' + str(a.max_steps) if a.max_steps else str(a.epochs) + ' epochs'}, "
-          f"batch {a.batch_size}, lr {a.lr}, long models at {a.train_max_tokens} tokens; evaluation up to "
+          f"batch {a.batch_size}, lr {a.lr}, head {a.head_init}, long models at {a.train_max_tokens} tokens; evaluation up to "
           f"{a.eval_max_tokens} tokens. Total {time.perf_counter() - t_all:.0f} s.", "", markdown_table(rows), "",
           "Targets:", "", *[f"- {c}" for c in checks], "", "![accuracy by length](long_keps_by_length.png)"]
     for ds in ("keps", "bbc-news-summary"):

@@ -171,3 +171,28 @@ def test_folded_global_rows_equal_projected_ones(bias):
     assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()
     x[1, -50:] = 1e3  # padded tokens' values never reach the rows
     assert torch.allclose(attention.global_rows_folded(q_rows, x, key, value, keep)[1], ref[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [512, 700])  # a multiple of the block (no query copy) and not
+def test_inference_memory_path_equals_the_training_path(tmp_path, n):
+    """In inference on CPU, ``blocked`` takes K and V projected straight into its padded buffers, queries without a
+    copy and global rows written in place; the logits equal the path autograd takes (padding, two global tokens)."""
+    src = make_tiny_model(tmp_path / "m", num_labels=3)
+    long = longify.longify(str(src), max_positions=2048, attention_window=64, backend="blocked").eval()
+    ids = torch.randint(1000, 2000, (2, n))
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+    mask[1, n - 90:] = 0
+    glob = torch.zeros_like(ids, dtype=torch.bool)
+    glob[:, 0] = glob[0, 300] = True
+    plan = attention.plan(mask.bool(), glob, 32, tuple(ids.shape), "cpu", "blocked")
+    x = torch.randn(2, n, long.config.hidden_size)
+    with torch.no_grad():
+        banded = attention.project_banded(x, long.layers[0].attention.self.key, plan, long.config.num_attention_heads)
+        assert banded is not None and banded.shape[1] == 32 + n + 32 + (-n % attention.BLOCK_QUERIES)
+        assert (banded[:, :32] == 0).all() and (banded[:, 32 + n:] == 0).all()
+        fast = long(ids, mask, glob)
+    with torch.enable_grad():
+        assert attention.project_banded(x, long.layers[0].attention.self.key, plan, 4) is None
+        slow = long(ids, mask, glob)
+    assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()

@@ -63,3 +63,9 @@ def test_head_linear_finds_the_last_layer_of_each_head_shape():
     assert probe.head_linear(roberta) is roberta.classifier.out_proj
     with pytest.raises(ValueError, match="head_init: random"):
         probe.head_linear(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_without_validation_examples_the_probe_uses_the_default_c():
+    x, y = blobs(3, 120, 0)
+    _, _, info = probe.fit((x, y.tolist()), (x[:0], []), 3)
+    assert info["C"] == 1.0 and np.isnan(info["val_macro_f1"])

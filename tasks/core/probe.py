@@ -53,19 +53,20 @@ def head_inputs(model: nn.Module, forward, batches) -> tuple[np.ndarray, np.ndar
 
 def fit(train: tuple[np.ndarray, list[int]], val: tuple[np.ndarray, list[int]], n_classes: int,
         balanced: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Logistic regression on the features, C from :data:`C_GRID` by validation macro-F1 (ties: the smaller C) ->
-    (weight (n_classes, d), bias (n_classes,), {"C", "val_macro_f1"}). A class absent from training gets weight 0 and
-    a bias below every other, so it is never predicted until fine-tuning teaches it."""
+    """Logistic regression on the features, C from :data:`C_GRID` by validation macro-F1 (ties: the smaller C; no
+    validation examples: C = 1) -> (weight (n_classes, d), bias (n_classes,), {"C", "val_macro_f1"}). A class absent
+    from training gets weight 0 and a bias below every other, so it is never predicted until fine-tuning teaches it."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
     ids = list(range(n_classes))
     fitted, scores = {}, {}
-    for c in C_GRID:
+    for c in C_GRID if len(val[1]) else (1.0,):  # no validation split: scikit-learn's default C
         clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced" if balanced else None)
         fitted[c] = clf.fit(train[0], train[1])
-        scores[c] = f1_score(val[1], clf.predict(val[0]), labels=ids, average="macro", zero_division=0)
-    best = max(C_GRID, key=lambda c: (scores[c], -c))
+        scores[c] = (f1_score(val[1], clf.predict(val[0]), labels=ids, average="macro", zero_division=0)
+                     if len(val[1]) else float("nan"))
+    best = max(scores, key=lambda c: (scores[c], -c))
     clf = fitted[best]
     coef, intercept = clf.coef_, clf.intercept_
     if len(clf.classes_) == 2 and coef.shape[0] == 1:  # binary: one logit z -> (-z/2, z/2), the same softmax

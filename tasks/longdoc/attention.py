@@ -216,10 +216,11 @@ def _flex_local(q, k, v, p: Plan, scale) -> torch.Tensor:
 def sliding_window_attention(q, k, v, window: int, key_padding: torch.Tensor | None = None,
                              global_mask: torch.Tensor | None = None, global_qkv: tuple | None = None,
                              scale: float | None = None, backend: str = "auto", plan_: Plan | None = None,
-                             global_out: torch.Tensor | None = None) -> torch.Tensor:
+                             global_out: torch.Tensor | None = None, banded_kv: tuple | None = None) -> torch.Tensor:
     """q, k, v: (b, h, n, d). ``key_padding``: (b, n) bool, True = real token. ``global_mask``: (b, n) bool.
     ``global_qkv``: (q_g, k_g, v_g) projections (b, h, n, d) used for the global tokens' own rows; or ``global_out``:
-    those rows already computed (b, h, G, d), in ``plan_.order`` (:func:`global_rows_folded`).
+    those rows already computed (b, h, G, d), in ``plan_.order`` (:func:`global_rows_folded`). ``banded_kv``: for
+    ``blocked``, K and V as :func:`project_banded` wrote them (``k``/``v`` then are views into them).
     ``backend``: auto | dense | flex | blocked. ``plan_``: a :class:`Plan` shared by the layers of one forward pass
     (built here when not given). Returns (b, h, n, d)."""
     b, n = q.shape[0], q.shape[2]
@@ -230,8 +231,10 @@ def sliding_window_attention(q, k, v, window: int, key_padding: torch.Tensor | N
     elif p.backend == "flex":
         out = _flex_local(q, k, v, p, scale)
     else:
-        out = _blocked_local(q, k, v, p, scale)
-    return _global_rows(out, q, k, v, p, global_qkv, scale, global_out)
+        out = _blocked_local(q, k, v, p, scale, banded_kv)
+    # ``blocked`` writes its own output buffer: in inference the global rows go in in place (one n x hidden copy less)
+    return _global_rows(out, q, k, v, p, global_qkv, scale, global_out,
+                        inplace=p.backend == "blocked" and not torch.is_grad_enabled())
 
 
 def _blocked_mask(p: Plan, c: int) -> torch.Tensor:
@@ -251,7 +254,7 @@ def _blocked_mask(p: Plan, c: int) -> torch.Tensor:
     return mask.reshape(b * nb, 1, c, L + p.n_glob)
 
 
-def _blocked_local(q, k, v, p: Plan, scale) -> torch.Tensor:
+def _blocked_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> torch.Tensor:
     """Blocks of c queries become batch entries of 4-D SDPA calls (so the fused CPU/CUDA kernels serve them; a 5-D
     call falls back to the unfused path, measured 5-8x slower on CPU), each with its c + 2w band keys (+ G global),
     :data:`GROUP_BLOCKS` blocks per call so the band copies stay a few MB whatever the length. Keys are gathered in
@@ -261,8 +264,12 @@ def _blocked_local(q, k, v, p: Plan, scale) -> torch.Tensor:
     w, c, g = p.window, BLOCK_QUERIES, p.n_glob
     nb = -(-n // c)
     pad, L = nb * c - n, c + 2 * w
-    qt = F.pad(q.transpose(1, 2), (0, 0, 0, 0, 0, pad)).view(b, nb, c, h, d)
-    kt, vt = (F.pad(x.transpose(1, 2), (0, 0, 0, 0, w, w + pad)).contiguous() for x in (k, v))  # (b, n', h, d)
+    qt = q.transpose(1, 2)  # (b, n, h, d): the projection's own layout, no copy unless padding is needed
+    qt = (qt if pad == 0 and qt.is_contiguous() else F.pad(qt, (0, 0, 0, 0, 0, pad)).contiguous()).view(b, nb, c, h, d)
+    if banded_kv is not None:  # K and V already projected into their padded buffers (:func:`project_banded`)
+        kt, vt = banded_kv
+    else:
+        kt, vt = (F.pad(x.transpose(1, 2), (0, 0, 0, 0, w, w + pad)).contiguous() for x in (k, v))  # (b, n', h, d)
     if g:  # each row's global keys (padded to the max count), appended as extra keys of every block
         idx = p.order[:, :, None, None].expand(b, g, h, d)
         gk, gv = (torch.gather(x[:, w:w + n], 1, idx)[:, None] for x in (kt, vt))
@@ -286,7 +293,7 @@ def _blocked_local(q, k, v, p: Plan, scale) -> torch.Tensor:
     return out.view(b, nb * c, h, d)[:, :n].transpose(1, 2)
 
 
-def _global_rows(out, q, k, v, p: Plan, global_qkv, scale, g_rows=None) -> torch.Tensor:
+def _global_rows(out, q, k, v, p: Plan, global_qkv, scale, g_rows=None, inplace: bool = False) -> torch.Tensor:
     """Global tokens attend to every token with the global projections; their rows replace the local ones."""
     if not p.n_glob:
         return out
@@ -297,7 +304,27 @@ def _global_rows(out, q, k, v, p: Plan, global_qkv, scale, g_rows=None) -> torch
         g_rows = F.scaled_dot_product_attention(torch.gather(qg, 2, idx), kg, vg, attn_mask=p.keep[:, None, None, :],
                                                 scale=scale)
     valid = p.g_valid[:, None, :, None].expand(b, h, p.n_glob, d)
-    return out.scatter(2, idx, torch.where(valid, g_rows.to(out.dtype), torch.gather(out, 2, idx)))
+    rows = torch.where(valid, g_rows.to(out.dtype), torch.gather(out, 2, idx))
+    return out.scatter_(2, idx, rows) if inplace else out.scatter(2, idx, rows)
+
+
+def project_banded(x: torch.Tensor, linear: torch.nn.Linear, p: Plan, heads: int) -> torch.Tensor | None:
+    """``linear(x)`` written straight into the zero-padded (b, w + n + w + pad, heads, d) buffer that ``blocked``
+    reads its key/value bands from, instead of projecting and then copying into a padded one (two n x hidden copies
+    per layer fewer). Inference on CPU only (``out=`` has no autograd; autocast picks its own dtype): else None."""
+    if p.backend != "blocked" or torch.is_grad_enabled() or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return None
+    b, n, hidden = x.shape
+    w, pad = p.window, -n % BLOCK_QUERIES
+    buf = x.new_empty(b, w + n + w + pad, linear.out_features, dtype=torch.result_type(x, linear.weight))
+    buf[:, :w].zero_()
+    buf[:, w + n:].zero_()
+    for i in range(b):  # a (n, out) slice of one row is contiguous: the matmul writes it in place
+        if linear.bias is None:
+            torch.mm(x[i], linear.weight.t(), out=buf[i, w:w + n])
+        else:
+            torch.addmm(linear.bias, x[i], linear.weight.t(), out=buf[i, w:w + n])
+    return buf.view(b, buf.shape[1], heads, linear.out_features // heads)
 
 
 def global_rows_folded(q_rows: torch.Tensor, x: torch.Tensor, key: torch.nn.Linear, value: torch.nn.Linear,

@@ -37,7 +37,17 @@ class LongSelfAttention(nn.Module):
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         key_padding, plan = attention_mask  # the padding mask and the pass's shared attention plan
-        q, k, v = (self._heads(p(hidden_states)) for p in (self.query, self.key, self.value))
+        banded = None
+        if plan is not None:  # K/V straight into blocked attention's padded buffers where it can (less memory)
+            heads = self.query.out_features // self.head_size
+            banded = [attention.project_banded(hidden_states, p, plan, heads) for p in (self.key, self.value)]
+            banded = None if banded[0] is None else tuple(banded)
+        if banded is not None:
+            n, w = hidden_states.shape[1], plan.window
+            q = self._heads(self.query(hidden_states))
+            k, v = (x[:, w:w + n].transpose(1, 2) for x in banded)
+        else:
+            q, k, v = (self._heads(p(hidden_states)) for p in (self.query, self.key, self.value))
         if self.mode == "full":
             out = attention.full_attention(q, k, v, key_padding)
         else:
@@ -46,7 +56,8 @@ class LongSelfAttention(nn.Module):
                 rows = torch.gather(hidden_states, 1, plan.order[:, :, None].expand(-1, -1, hidden_states.shape[-1]))
                 g_rows = attention.global_rows_folded(self._heads(self.query_global(rows)), hidden_states,
                                                       self.key_global, self.value_global, plan.keep)
-            out = attention.sliding_window_attention(q, k, v, self.window, plan_=plan, global_out=g_rows)
+            out = attention.sliding_window_attention(q, k, v, self.window, plan_=plan, global_out=g_rows,
+                                                     banded_kv=banded)
         b, h, n, d = out.shape
         return out.transpose(1, 2).reshape(b, n, h * d), None
 
