@@ -75,20 +75,14 @@ def frozen_probe(info: dict, model_cfg, train_cfg, test, y: list[int], buckets: 
     from tasks.longdoc import mechanisms, train_long
 
     labels = info["labels"]
-    feats = train_long.base_features(model_cfg, info, train_cfg.chunk_tokens, models.pick_device(train_cfg.device))
+    device = models.pick_device(train_cfg.device)
+    feats = train_long.base_features(model_cfg, info, train_cfg.chunk_tokens, device)
     ys = {s: [labels.index(x) for x in train_long.data_mod.load_split(info["paths"][s])["label"]] for s in ("train", "val")}
     weight, bias, params = probe.fit((feats["train_head"], ys["train"]), (feats["val_head"], ys["val"]), len(labels))
-    tok = models.load_tokenizer(model_cfg.source)
-    model = models.load_classifier(model_cfg.source, labels)
-
-    def forward(m, texts):
-        enc = tok(texts, truncation=True, max_length=train_cfg.chunk_tokens, padding=True, return_tensors="pt")
-        return m(**enc, output_hidden_states=True).hidden_states[-1][:, 0]
-
     texts = test["text"].tolist()
-    x, _ = probe.head_inputs(model, forward, [texts[i : i + 16] for i in range(0, len(texts), 16)])
+    x, _ = train_long.first_tokens_features(model_cfg, labels, texts, train_cfg.chunk_tokens, device, "test")
     preds = (torch.from_numpy(x) @ weight.T + bias).argmax(-1).tolist()
-    lengths = mechanisms.token_lengths(tok, texts)
+    lengths = mechanisms.token_lengths(models.load_tokenizer(model_cfg.source), texts)
     return {"metrics": mechanisms.score_by_length(preds, y, lengths, labels, buckets, majority),
             "predictions": preds, "params": params}
 
@@ -132,6 +126,7 @@ def main() -> int:
     runs: dict[str, list[dict]] = {}
     y_test = lengths = labels = None
     t_all = time.perf_counter()
+    probe_row = None
     info = data_mod.prepare({"source": "keps"}, 0, work / "data")  # KEPs keep their own split: one for every seed
     for seed in a.seeds:
         labels = info["labels"]
@@ -152,9 +147,10 @@ def main() -> int:
             print(mech, seed, {k: round(v, 4) for k, v in res["metrics"].items() if k in
                                ("eval/accuracy", "eval/macro_f1", "eval/macro_f1_len_gt_2048", "eval/degenerate")},
                   flush=True)
-        if a.head_init == "probe":  # the probe alone (frozen encoder, first 512 tokens): what fine-tuning adds to it
-            runs.setdefault("probe-first512", []).append({"seed": seed, **frozen_probe(info, model_cfg, train_cfg, test,
-                                                                                        y, buckets, majority)})
+        if a.head_init == "probe":  # the probe alone (frozen encoder, first 512 tokens): what fine-tuning adds to it;
+            # deterministic, so computed once and listed under every seed
+            probe_row = probe_row or frozen_probe(info, model_cfg, train_cfg, test, y, buckets, majority)
+            runs.setdefault("probe-first512", []).append({"seed": seed, **probe_row})
         for name in a.classic:
             res = classic.evaluate(name, info, model_cfg, eval_cfg)
             runs.setdefault(name, []).append({"seed": seed, "metrics": res["metrics"], "predictions": res["predictions"],

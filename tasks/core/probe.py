@@ -10,13 +10,9 @@ What it writes is only the last ``nn.Linear`` of the head; what it reads are tha
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 

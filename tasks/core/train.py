@@ -100,7 +100,8 @@ def train_loop(
     ``score_fn(model) -> float`` (higher is better, e.g. validation macro-F1): called after every epoch and at the
     end; the weights of the best call are restored at the end ("choose on validation"). Only when training lasts more
     than one epoch (one call would choose nothing) and in a single process. ``score_at_start``: the untrained model
-    is a candidate too (epoch 0: a head that starts from a linear probe may already beat every fine-tuned epoch). The best weights ride in the checkpoint,
+    is a candidate too (epoch 0: a head that starts from a linear probe may already beat every fine-tuned epoch).
+    The best weights ride in the checkpoint,
     so a resumed run still knows them.
 
     Inside a torchrun job (``tasks.core.distributed``) the model is wrapped in DDP and each rank trains on its share of

@@ -85,6 +85,21 @@ def validation_scorer(mechanism: str, tokenizer_source: str, long_cfg: LongConfi
     return score
 
 
+def first_tokens_features(model_cfg: ModelConfig, labels: list[str], texts: list[str], chunk_tokens: int,
+                          device: torch.device, desc: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The pretrained classifier's (head inputs, [CLS] vectors) over each text's first ``chunk_tokens`` tokens."""
+    tokenizer = models.load_tokenizer(model_cfg.source, model_cfg.trust_remote_code, model_cfg.revision)
+    model = models.load_classifier(model_cfg.source, labels, model_cfg.trust_remote_code, model_cfg.revision).to(device)
+
+    def forward(m, batch):
+        enc = tokenizer(batch, truncation=True, max_length=chunk_tokens, padding=True, return_tensors="pt").to(device)
+        return m(**enc, output_hidden_states=True).hidden_states[-1][:, 0]
+
+    batches = [texts[i : i + 16] for i in range(0, len(texts), 16)]
+    return probe.head_inputs(model, forward, tqdm(batches, desc=f"probe features ({desc})", unit="batch",
+                                                  mininterval=2.0))
+
+
 def base_features(model_cfg: ModelConfig, data: dict, chunk_tokens: int, device: torch.device) -> dict:
     """The pretrained classifier's head inputs and [CLS] vectors over the first ``chunk_tokens`` tokens of the train
     and validation documents: {"train_head", "train_cls", "val_head", "val_cls"}. Cached beside the data splits (one
@@ -98,20 +113,11 @@ def base_features(model_cfg: ModelConfig, data: dict, chunk_tokens: int, device:
     if cache.is_file():
         with np.load(cache) as f:
             return {k: f[k] for k in f.files}
-    tokenizer = models.load_tokenizer(model_cfg.source, model_cfg.trust_remote_code, model_cfg.revision)
-    model = models.load_classifier(model_cfg.source, data["labels"], model_cfg.trust_remote_code,
-                                   model_cfg.revision).to(device)
-
-    def forward(m, texts):
-        enc = tokenizer(texts, truncation=True, max_length=chunk_tokens, padding=True, return_tensors="pt").to(device)
-        return m(**enc, output_hidden_states=True).hidden_states[-1][:, 0]
-
     out = {}
     for split in ("train", "val"):
         texts = data_mod.load_split(data["paths"][split])["text"].tolist()
-        batches = [texts[i : i + 16] for i in range(0, len(texts), 16)]
-        out[f"{split}_head"], out[f"{split}_cls"] = probe.head_inputs(
-            model, forward, tqdm(batches, desc=f"probe features ({split})", unit="batch", mininterval=2.0))
+        out[f"{split}_head"], out[f"{split}_cls"] = first_tokens_features(model_cfg, data["labels"], texts,
+                                                                          chunk_tokens, device, split)
     tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **out)
     os.replace(tmp, cache)
