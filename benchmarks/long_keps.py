@@ -8,13 +8,16 @@ Summary when ../shared has it).
                                                                        # a CPU-sized run (2 cores: ~45 min)
     python benchmarks/long_keps.py --seeds 0 --max-steps 2 --mechanisms truncate-512 --eval-max-docs 8 \\
         --no-summaries --results-dir /tmp/bench                        # trial
+    python benchmarks/long_keps.py --mechanisms --seeds 0 --no-summaries --name long_keps_peers
+                                                                       # the peers alone (deterministic; 2 cores: ~15 min)
 
 Per mechanism: test macro-F1 mean and sd over seeds, accuracy, macro-F1 on documents over 2,048 tokens, training
 steps and seconds; a bootstrap 95 % interval (documents resampled, 2,000 times, seeds averaged) of each mechanism's
-macro-F1 difference to truncate-512; an accuracy-vs-length plot. Nothing is chosen on the test split (TF-IDF's C on
-validation). Targets (issue): best long mechanism >= truncate-512 + 5 points overall and over 2,048 tokens, seed
+macro-F1 difference to truncate-512 and to TF-IDF whole document; an accuracy-vs-length plot. Peers (tasks/longdoc/
+classic.py): TF-IDF first 512 / whole, the frozen encoder's chunk embeddings, the hybrid of the two. Nothing is chosen
+on the test split (the peers' C by cross-validation on train + validation). Targets (issue): best long mechanism >= truncate-512 + 5 points overall and over 2,048 tokens, seed
 spread <= 2 points; best model >= TF-IDF whole document; summarization ROUGE-2 >= best of lead-k/TextRank + 2.
-Writes <results-dir>/long_keps.{json,md} and long_keps_by_length.png.
+Writes <results-dir>/<name>.{json,md} and <name>_by_length.png (name: long_keps).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 from common import ROOT, markdown_table, parser, write_results
 
 NEURAL = ["truncate-512", "chunked-512", "hierarchical", "sliding-window", "full-long"]
-CLASSIC = ["tfidf-first512", "tfidf-whole"]
+CLASSIC = ["tfidf-first512", "tfidf-whole", "embed-chunks", "hybrid"]
 
 
 def bootstrap_diff(y: list[int], a: list[list[int]], b: list[list[int]], n_labels: int, n: int = 2000) -> tuple[float, float]:
@@ -90,7 +93,8 @@ def frozen_probe(info: dict, model_cfg, train_cfg, test, y: list[int], buckets: 
 def main() -> int:
     ap = parser(__doc__)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--mechanisms", nargs="+", default=NEURAL)
+    ap.add_argument("--mechanisms", nargs="*", default=NEURAL, help="none: the peers alone (deterministic: one seed)")
+    ap.add_argument("--name", default="long_keps", help="results file stem")
     ap.add_argument("--classic", nargs="*", default=CLASSIC)
     ap.add_argument("--epochs", type=float, default=10)
     ap.add_argument("--max-steps", type=int, default=None, help="instead of --epochs")
@@ -111,6 +115,7 @@ def main() -> int:
     a = ap.parse_args()
 
     from tasks.core import data as data_mod
+    from tasks.core import models
     from tasks.core.config import LongConfig, LongEvalConfig, LongTrainConfig, ModelConfig
     from tasks.longdoc import classic, mechanisms, summarize, train_long
 
@@ -133,6 +138,7 @@ def main() -> int:
         test = data_mod.load_split(info["paths"]["test"])
         test = test.iloc[: a.eval_max_docs] if a.eval_max_docs else test
         y = [labels.index(x) for x in test["label"]]
+        lengths = mechanisms.token_lengths(models.load_tokenizer(model_cfg.source), test["text"].tolist())
         majority = mechanisms.majority_label(info)
         for mech in a.mechanisms:
             t0 = time.perf_counter()
@@ -143,7 +149,6 @@ def main() -> int:
             runs.setdefault(mech, []).append({"seed": seed, "metrics": res["metrics"], "predictions": res["predictions"],
                                               "train": train_long.metrics(trained),
                                               "seconds": round(time.perf_counter() - t0, 1)})
-            lengths = res["lengths"]
             print(mech, seed, {k: round(v, 4) for k, v in res["metrics"].items() if k in
                                ("eval/accuracy", "eval/macro_f1", "eval/macro_f1_len_gt_2048", "eval/degenerate")},
                   flush=True)
@@ -152,7 +157,7 @@ def main() -> int:
             probe_row = probe_row or frozen_probe(info, model_cfg, train_cfg, test, y, buckets, majority)
             runs.setdefault("probe-first512", []).append({"seed": seed, **probe_row})
         for name in a.classic:
-            res = classic.evaluate(name, info, model_cfg, eval_cfg)
+            res = classic.evaluate(name, info, model_cfg, eval_cfg, long_cfg)
             runs.setdefault(name, []).append({"seed": seed, "metrics": res["metrics"], "predictions": res["predictions"],
                                               "params": res["params"]})
         y_test = y
@@ -167,6 +172,7 @@ def main() -> int:
 
     mech_json, rows, by_length = {}, [], {}
     ref = "truncate-512" if "truncate-512" in runs else None
+    bow = "tfidf-whole" if "tfidf-whole" in runs else None
     edges = [0, *buckets, None]
     names = [mechanisms.bucket_name(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
     for name, rs in runs.items():
@@ -181,6 +187,12 @@ def main() -> int:
             lo, hi = bootstrap_diff(y_test, [r["predictions"] for r in rs], [r["predictions"] for r in runs[ref]],
                                     len(labels))
             entry["macro_f1_diff_vs_truncate512_ci95"] = [round(lo, 4), round(hi, 4)]
+        if bow and name != bow:
+            lo, hi = bootstrap_diff(y_test, [r["predictions"] for r in rs], [r["predictions"] for r in runs[bow]],
+                                    len(labels))
+            entry["macro_f1_diff_vs_tfidf_whole_ci95"] = [round(lo, 4), round(hi, 4)]
+        if "params" in rs[0]:
+            entry["params"] = rs[0]["params"]
         mech_json[name] = entry
         by_length[name] = [(n, mean(name, f"eval/accuracy_len_{n}")) for n in names
                            if mean(name, f"eval/accuracy_len_{n}") is not None]
@@ -189,14 +201,17 @@ def main() -> int:
                      "macro-F1 > 2,048 tok": "" if entry["macro_f1_gt2048_mean"] is None else f"{entry['macro_f1_gt2048_mean']:.3f}",
                      "Δ vs truncate-512 (95 % CI)": "" if "macro_f1_diff_vs_truncate512_ci95" not in entry else
                      "[{:+.3f}, {:+.3f}]".format(*entry["macro_f1_diff_vs_truncate512_ci95"]),
+                     "Δ vs TF-IDF whole (95 % CI)": "" if "macro_f1_diff_vs_tfidf_whole_ci95" not in entry else
+                     "[{:+.3f}, {:+.3f}]".format(*entry["macro_f1_diff_vs_tfidf_whole_ci95"]),
                      "train steps": entry.get("train_steps", ""), "degenerate runs": entry["degenerate_runs"]})
     first = next(iter(runs.values()))[0]["metrics"]
     rows.append({"mechanism": "majority class", "macro-F1 (mean ± sd)": f"{first['eval/majority_macro_f1']:.3f}",
                  "accuracy": f"{first['eval/majority_accuracy']:.3f}", "macro-F1 > 2,048 tok": "",
-                 "Δ vs truncate-512 (95 % CI)": "", "train steps": "", "degenerate runs": ""})
+                 "Δ vs truncate-512 (95 % CI)": "", "Δ vs TF-IDF whole (95 % CI)": "", "train steps": "",
+                 "degenerate runs": ""})
     out = a.results_dir
     out.mkdir(parents=True, exist_ok=True)
-    plot(by_length, out / "long_keps_by_length.png")
+    plot(by_length, out / f"{a.name}_by_length.png")
 
     summaries = {}
     if not a.no_summaries:
@@ -226,11 +241,15 @@ def main() -> int:
         gain = neural[best_long]["macro_f1_mean"] - neural[ref]["macro_f1_mean"]
         checks.append(f"best long mechanism {best_long}: {gain * 100:+.1f} points over truncate-512 (target +5): "
                       f"{'met' if gain >= 0.05 else 'MISSED'}; seed sd {neural[best_long]['macro_f1_sd'] * 100:.1f} points")
-    if "tfidf-whole" in mech_json and neural:
-        best = max(neural, key=lambda k: neural[k]["macro_f1_mean"])
-        gap = neural[best]["macro_f1_mean"] - mech_json["tfidf-whole"]["macro_f1_mean"]
-        checks.append(f"best neural model {best} vs TF-IDF whole document: {gap * 100:+.1f} points: "
-                      f"{'met' if gap >= 0 else 'MISSED'}")
+    offered = {k: v for k, v in mech_json.items() if k in NEURAL or k in ("embed-chunks", "hybrid")}
+    if "tfidf-whole" in mech_json and offered:  # the issue's bar: the best model effilm offers (a hybrid counts,
+        for kind, pool in (("neural", {k: v for k, v in offered.items() if k != "hybrid"}), ("any", offered)):
+            if not pool:  # reported as such) >= TF-IDF whole document
+                continue
+            best = max(pool, key=lambda k: pool[k]["macro_f1_mean"])
+            gap = pool[best]["macro_f1_mean"] - mech_json["tfidf-whole"]["macro_f1_mean"]
+            checks.append(f"best {'neural model' if kind == 'neural' else 'model (hybrid included)'} {best} vs TF-IDF "
+                          f"whole document: {gap * 100:+.1f} points: {'met' if gap >= 0 else 'MISSED'}")
     for ds in ("keps", "bbc-news-summary"):
         if ds in summaries:
             s = summaries[ds]
@@ -241,12 +260,12 @@ def main() -> int:
           f"device {a.device}; training: {'max_steps ' + str(a.max_steps) if a.max_steps else str(a.epochs) + ' epochs'}, "
           f"batch {a.batch_size}, lr {a.lr}, head {a.head_init}, long models at {a.train_max_tokens} tokens; evaluation up to "
           f"{a.eval_max_tokens} tokens. Total {time.perf_counter() - t_all:.0f} s.", "", markdown_table(rows), "",
-          "Targets:", "", *[f"- {c}" for c in checks], "", "![accuracy by length](long_keps_by_length.png)"]
+          "Targets:", "", *[f"- {c}" for c in checks], "", f"![accuracy by length]({a.name}_by_length.png)"]
     for ds in ("keps", "bbc-news-summary"):
         if ds + "_detail" in summaries:
             md += ["", f"Summarization, {ds} (ROUGE-2; k on validation):", "",
                    markdown_table([{"method": m, **v} for m, v in summaries[ds + "_detail"].items()])]
-    write_results("long_keps", {"mechanisms": mech_json, "summarization": {k: v for k, v in summaries.items()
+    write_results(a.name, {"mechanisms": mech_json, "summarization": {k: v for k, v in summaries.items()
                                                                           if not k.endswith("_detail")},
                                 "summarization_detail": {k: v for k, v in summaries.items() if k.endswith("_detail")},
                                 "checks": checks, "settings": vars(a) | {"results_dir": str(a.results_dir),

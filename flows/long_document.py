@@ -46,7 +46,7 @@ def long_document(profile: str = "quick", overrides: list[str] | None = None, co
                          model_dir=trained.get(m, {"model_dir": base_dir})["model_dir"], data_info=data_info,
                          long_cfg=cfg.long, eval_cfg=cfg.evaluate) for m in cfg.mechanisms}
         classics = {c: call(classic.evaluate_task, f"{c}/evaluate", name=c, data_info=data_info, model_cfg=cfg.model,
-                            eval_cfg=cfg.evaluate) for c in cfg.classic}
+                            eval_cfg=cfg.evaluate, long_cfg=cfg.long) for c in cfg.classic}
 
         # 3. cost as documents grow
         scale = call(scaling.sweep_task, "scaling", scaling_cfg=cfg.scaling,

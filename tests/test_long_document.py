@@ -1,5 +1,7 @@
 """Case study 2 on tiny models: mechanisms, HF Longformer equivalence, summarization pieces, the flow end to end."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -288,16 +290,65 @@ def test_chunks_are_substrings_carrying_the_label(tiny_cls):
     assert w[1] > w[0] and w[2] == 1.0
 
 
-def test_tfidf_peers_choose_on_validation(bbc_slice, tiny_cls):
-    from tasks.core.config import LongEvalConfig, ModelConfig
+@pytest.mark.parametrize("name", ["tfidf-first512", "tfidf-whole", "embed-chunks", "hybrid"])
+def test_every_peer_chooses_by_cross_validation(name, bbc_slice, tiny_cls):
+    """Every peer through the same checks: C (and the hybrid's share) from its grid by 5-fold CV on train + validation,
+    one prediction per test document, the table's metric keys; the encoder's chunk embeddings cached beside the data."""
+    from tasks.core import data as data_mod
+    from tasks.core.config import LongConfig, LongEvalConfig, ModelConfig
     from tasks.longdoc import classic
 
-    res = classic.evaluate("tfidf-whole", bbc_slice, ModelConfig(source=tiny_cls), LongEvalConfig(buckets=[512]))
-    m = res["metrics"]
-    assert res["params"]["C"] in classic.C_GRID and 0 <= res["params"]["val_macro_f1"] <= 1
-    assert m["eval/accuracy"] > m["eval/majority_accuracy"]  # a bag of words beats the majority class on BBC
-    cut = classic.first_tokens(AutoTokenizer.from_pretrained(tiny_cls), ["a b c d e f g h"], 3)
-    assert cut == ["a b c"]
+    res = classic.evaluate(name, bbc_slice, ModelConfig(source=tiny_cls), LongEvalConfig(buckets=[512]),
+                           LongConfig(max_tokens=300, device="cpu"))
+    m, p = res["metrics"], res["params"]
+    n_test = len(data_mod.load_split(bbc_slice["paths"]["test"]))
+    assert len(res["predictions"]) == n_test and set(res["predictions"]) <= set(range(len(bbc_slice["labels"])))
+    assert p["cv_folds"] == 5 and 0 <= p["cv_macro_f1"] <= 1
+    assert all(p[k] in classic.C_GRID for k in p if k.startswith("C"))
+    assert ("embed_share" in p) == (name == "hybrid") and p.get("embed_share", 0.25) in classic.EMBED_SHARES
+    assert {"eval/accuracy", "eval/macro_f1", "eval/majority_accuracy", "eval/seconds_per_doc"} <= set(m)
+    if name.startswith("tfidf"):
+        assert m["eval/accuracy"] > m["eval/majority_accuracy"]  # a bag of words beats the majority class on BBC
+    if name in ("embed-chunks", "hybrid"):  # one file per split, the second peer reuses the first's
+        assert len(list(Path(bbc_slice["dir"]).glob("chunk-embeddings-*.npy"))) == 3
+
+
+def test_chunk_embeddings_are_the_mean_of_each_documents_chunks(tiny_cls):
+    """Batched across documents, sorted by length and padded, each document's vector is still the mean of its own
+    chunks' normalised mean-pooled states — computed one chunk at a time here."""
+    from tasks.core.config import ModelConfig
+    from tasks.longdoc import classic
+
+    tok = AutoTokenizer.from_pretrained(tiny_cls)
+    cfg = ModelConfig(source=tiny_cls)
+    words = [w for w in tok.get_vocab() if w.isalpha() and w.islower()][:200]  # whole words: decode round-trips
+    texts = [" ".join(words[(7 * i) % len(words)] for i in range(n)) for n in (5, 600, 260)]
+    together = classic.chunk_embeddings(cfg, texts, 10_000, torch.device("cpu"))
+    body = classic.EMBED_CHUNK - 2
+    for text, vec in zip(texts, together):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        parts = [tok.decode(ids[j:j + body]) for j in range(0, len(ids), body)]
+        alone = np.mean([classic.chunk_embeddings(cfg, [t], body, torch.device("cpu"))[0] for t in parts], axis=0)
+        assert len(parts) >= 1 and np.allclose(vec, alone, atol=1e-5)
+    capped = classic.chunk_embeddings(cfg, texts[1:2], body, torch.device("cpu"))  # max_tokens: the first chunk only
+    first = classic.chunk_embeddings(cfg, [tok.decode(tok(texts[1], add_special_tokens=False)["input_ids"][:body])],
+                                     10_000, torch.device("cpu"))
+    assert np.allclose(capped, first, atol=1e-5)
+
+
+def test_peers_without_enough_documents_per_class_use_defaults():
+    from tasks.longdoc import classic
+
+    rng = np.random.default_rng(0)
+    x, x_test = rng.normal(size=(9, 4)), rng.normal(size=(3, 4))
+    preds, params = classic.fit_predict("embed-chunks", {"embed": (x, x_test)}, [0, 0, 0, 0, 1, 1, 1, 1, 2], 3)
+    assert params == {"C": 1.0, "cv_macro_f1": params["cv_macro_f1"], "cv_folds": 0} and len(preds) == 3
+
+
+def test_first_tokens_cuts_at_a_token_boundary(tiny_cls):
+    from tasks.longdoc import classic
+
+    assert classic.first_tokens(AutoTokenizer.from_pretrained(tiny_cls), ["a b c d e f g h"], 3) == ["a b c"]
 
 
 def test_hierarchical_chunks_a_document_and_round_trips(tiny_cls, tmp_path):

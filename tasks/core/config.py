@@ -553,10 +553,11 @@ class LongDocumentConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: LongTrainConfig = Field(default_factory=LongTrainConfig)
     long: LongConfig = Field(default_factory=LongConfig)
-    classic: list[Literal["tfidf-first512", "tfidf-whole"]] = Field(
-        default_factory=lambda: ["tfidf-first512", "tfidf-whole"],
-        description="classic peers in the same table: TF-IDF + logistic regression on the first 512 tokens / the "
-        "whole document (tasks/longdoc/classic.py)")
+    classic: list[Literal["tfidf-first512", "tfidf-whole", "embed-chunks", "hybrid"]] = Field(
+        default_factory=lambda: ["tfidf-first512", "tfidf-whole", "embed-chunks", "hybrid"],
+        description="peers in the same table: TF-IDF + logistic regression on the first 512 tokens / the whole "
+        "document; the frozen encoder's chunk embeddings + logistic regression; the two averaged (a hybrid) "
+        "(tasks/longdoc/classic.py)")
     mechanisms: list[str] = Field(default_factory=lambda: ["truncate-512", "chunked-512", "sliding-window", "full-long"])
     evaluate: LongEvalConfig = Field(default_factory=LongEvalConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
