@@ -257,8 +257,9 @@ def main() -> int:
             checks.append(f"summarization {ds}: extractive ROUGE-2 {s.get('extractive-long', 0):.4f} vs best baseline "
                           f"{base:.4f} ({(s.get('extractive-long', 0) - base) * 100:+.1f} points, target +2)")
     md = [f"KEPs test split ({len(y_test)} documents; lengths p50 {int(np.median(lengths))} tokens), seeds {a.seeds}, "
-          f"device {a.device}; training: {'max_steps ' + str(a.max_steps) if a.max_steps else str(a.epochs) + ' epochs'}, "
-          f"batch {a.batch_size}, lr {a.lr}, head {a.head_init}, long models at {a.train_max_tokens} tokens; evaluation up to "
+          f"device {a.device}; " + (f"training: {'max_steps ' + str(a.max_steps) if a.max_steps else str(a.epochs) + ' epochs'}, "
+          f"batch {a.batch_size}, lr {a.lr}, head {a.head_init}, long models at {a.train_max_tokens} tokens; " if a.mechanisms
+          else "no mechanism trained (the peers and the frozen probe alone); ") + f"evaluation (and embed-chunks) up to "
           f"{a.eval_max_tokens} tokens. Total {time.perf_counter() - t_all:.0f} s.", "", markdown_table(rows), "",
           "Targets:", "", *[f"- {c}" for c in checks], "", f"![accuracy by length]({a.name}_by_length.png)"]
     for ds in ("keps", "bbc-news-summary"):
