@@ -341,8 +341,11 @@ def test_peers_without_enough_documents_per_class_use_defaults():
 
     rng = np.random.default_rng(0)
     x, x_test = rng.normal(size=(9, 4)), rng.normal(size=(3, 4))
-    preds, params = classic.fit_predict("embed-chunks", {"embed": (x, x_test)}, [0, 0, 0, 0, 1, 1, 1, 1, 2], 3)
-    assert params == {"C": 1.0, "cv_macro_f1": params["cv_macro_f1"], "cv_folds": 0} and len(preds) == 3
+    preds, params = classic.fit_predict({"embed": (x, x_test)}, [0, 0, 0, 0, 1, 1, 1, 1, 2], 3)
+    assert params["C"] == 1.0 and params["cv_folds"] == 0 and np.isnan(params["cv_macro_f1"]) and len(preds) == 3
+    texts = (["alpha beta", "gamma delta"] * 6, ["alpha gamma"])
+    _, params = classic.fit_predict({"tfidf": texts, "embed": (rng.normal(size=(12, 4)), x_test[:1])}, [0, 1] * 6, 2)
+    assert params["cv_folds"] == 5 and params["embed_share"] in classic.EMBED_SHARES and "C_tfidf" in params
 
 
 def test_first_tokens_cuts_at_a_token_boundary(tiny_cls):

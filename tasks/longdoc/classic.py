@@ -139,7 +139,7 @@ def _select(parts: dict[str, tuple], y: np.ndarray, n_labels: int) -> tuple[dict
     return {pt: ct, pe: ce, "embed_share": s}, scores[(ct, ce, s)], folds
 
 
-def fit_predict(name: str, inputs: dict[str, tuple], y_trainval: list[int], n_labels: int) -> tuple[list[int], dict]:
+def fit_predict(inputs: dict[str, tuple], y_trainval: list[int], n_labels: int) -> tuple[list[int], dict]:
     """``inputs``: {part: (train+val inputs, test inputs)} — "tfidf" (texts) and/or "embed" (vectors). Chooses C
     (and the hybrid's share) by cross-validation, refits on train + validation, predicts test."""
     y = np.asarray(y_trainval)
@@ -186,7 +186,7 @@ def evaluate(name: str, data_info: dict, model_cfg: ModelConfig, eval_cfg: LongE
         device = models.pick_device(long_cfg.device)
         vec = {s: split_embeddings(model_cfg, data_info, s, long_cfg.max_tokens, device) for s in splits}
         inputs["embed"] = (np.vstack([vec["train"], vec["val"]]), vec["test"][:n_test])
-    preds, params = fit_predict(name, inputs, y, len(labels))
+    preds, params = fit_predict(inputs, y, len(labels))
     seconds = time.perf_counter() - t0
     metrics = score_by_length(preds, [labels.index(x) for x in test["label"]], token_lengths(tok, test["text"].tolist()),
                               labels, eval_cfg.buckets, majority_label(data_info))
