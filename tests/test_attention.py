@@ -26,6 +26,10 @@ def test_sliding_matches_reference(n, w, n_global, pad, backend):
     ref = attention.reference_attention(q, k, v, w, keep, glob, (gq, gk, gv))
     real = keep[:, None, :, None].expand_as(ref)
     assert torch.allclose(ours[real], ref[real], atol=1e-5), (ours - ref)[real].abs().max()
+    if backend == "blocked":  # inputs that need gradients take the copying path (no strided views in autograd)
+        trained = attention.sliding_window_attention(q.requires_grad_(), k, v, w, keep, glob, (gq, gk, gv),
+                                                     backend=backend)
+        assert torch.allclose(trained[real], ref[real], atol=1e-5), (trained - ref)[real].abs().max()
 
 
 def test_window_covering_input_equals_full_attention():
@@ -124,8 +128,11 @@ def test_auto_choice_by_device_and_length_and_says_so(caplog):
         long = attention.plan(None, None, 64, (1, edge + 1), "cpu", grad=False)
     assert short.backend == "dense" and short.blocked_mask is None and short.dense_mask.shape == (1, 1, edge, edge)
     assert long.backend == "blocked" and long.dense_mask is None and long.block_mask is None
+    c = attention.STRIDED_QUERIES  # inference on CPU: strided bands, the global keys merged afterwards
+    assert long.strided and long.blocked_mask.shape == (-(-(edge + 1) // c), 1, c, c + 2 * 64)  # O(n (c + 2w))
+    training = attention.plan(None, None, 64, (1, edge + 1), "cpu", grad=True)
     nb = -(-(edge + 1) // attention.BLOCK_QUERIES)
-    assert long.blocked_mask.shape == (nb, 1, attention.BLOCK_QUERIES, edge)  # O(n (c + 2w)), not n x n
+    assert not training.strided and training.blocked_mask.shape == (nb, 1, attention.BLOCK_QUERIES, edge)
     assert f"backend dense (asked: auto) from {edge} tokens on cpu" in caplog.text
     assert f"backend blocked (asked: auto) from {edge + 1} tokens on cpu" in caplog.text
     assert attention.choose("auto", 2048, "cuda") == "dense"

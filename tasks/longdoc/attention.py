@@ -20,6 +20,8 @@ Three ways to compute the local part, chosen once per forward pass by :func:`pla
   on CUDA where FlexAttention cannot run: the sequence is cut into blocks of c = :data:`BLOCK_QUERIES` queries; each
   block attends to the c + 2w keys of its band plus the G global keys, O(n · (c + 2w + G)), the blocks being the
   batch of one 4-D ``scaled_dot_product_attention`` call with a boolean band mask (so the fused kernel serves it).
+  In inference on CPU the bands are not copied at all: each block's keys and values are an overlapping strided view
+  of K and V, the G global keys are merged afterwards through the kernel's log-sum-exp (:func:`_strided_local`).
 
 Global tokens' own rows (full attention with the global projections) are computed separately in every case.
 A :class:`Plan` holds what every layer of one forward pass shares (the choice, the masks, the global positions), so
@@ -49,6 +51,11 @@ DENSE_MAX_TOKENS = {"cuda": 2048}
 # band (c = 64: 80 % of scores visible) but copy more (5x K and V). One layer at 4,096 tokens, w = 128, [CLS] global:
 # c = 64 / 128 / 256 took 62-67 / 47 / 55 ms (2 cores; SDPA full 271-288 ms).
 BLOCK_QUERIES = 128
+# Queries per block where the bands are strided views, not copies (inference on CPU): smaller blocks waste less of
+# the band. One layer at 4,096 tokens, w = 128, [CLS] global, 2 cores: c = 32 / 64 / 128 took 34 / 29 / 36 ms
+# (the copying path: 44 ms)
+STRIDED_QUERIES = 64
+STRIDED_GROUP = 16  # blocks per kernel call there: bounds its float mask and output to ~1 MB each at MiniLM's size
 GROUP_BLOCKS = 4  # blocks per SDPA call of ``blocked``: bounds its K/V band copies (4 x 384 keys: ~2.4 MB each at
 # MiniLM's size). 4,096 tokens, 2 cores, side by side: 8 -> 4 took peak RSS 608 -> 593 MB at the same speed
 FLEX_BLOCK = 128  # FlexAttention's tile; sequences are padded to a multiple of it
@@ -112,11 +119,12 @@ class Plan:
     keep: torch.Tensor  # (b, n) bool, real tokens
     glob: torch.Tensor  # (b, n) bool, global tokens (real ones only)
     n_glob: int  # most global tokens in any row
+    strided: bool = False  # ``blocked`` reads its bands as strided views (inference on CPU: :func:`_strided_local`)
     order: torch.Tensor | None = None  # (b, G) positions of each row's global tokens (padded with non-global ones)
     g_valid: torch.Tensor | None = None  # (b, G) which of ``order`` are global
     dense_mask: torch.Tensor | None = None  # (b, 1, n, n) for ``dense``
     block_mask: object | None = None  # FlexAttention BlockMask for ``flex``
-    blocked_mask: torch.Tensor | None = None  # (b * nb, 1, c, c + 2w + G) for ``blocked``
+    blocked_mask: torch.Tensor | None = None  # (b * nb, 1, c, c + 2w + G) for ``blocked`` (strided: no G)
 
 
 def plan(key_padding: torch.Tensor | None, global_mask: torch.Tensor | None, window: int, shape: tuple[int, int],
@@ -143,6 +151,9 @@ def plan(key_padding: torch.Tensor | None, global_mask: torch.Tensor | None, win
         p.dense_mask = ((band[None] & ~glob[:, None, :] | glob[:, None, :]) & keep[:, None, :])[:, None]
     elif chosen == "flex":
         p.block_mask = _band_block_mask(keep, glob, window, grad)
+    elif not grad and torch.device(device).type == "cpu":
+        p.strided = True
+        p.blocked_mask = _blocked_mask(p, STRIDED_QUERIES, with_globals=False)
     else:
         p.blocked_mask = _blocked_mask(p, BLOCK_QUERIES)
     return p
@@ -238,9 +249,10 @@ def sliding_window_attention(q, k, v, window: int, key_padding: torch.Tensor | N
                         inplace=p.backend == "blocked" and not torch.is_grad_enabled())
 
 
-def _blocked_mask(p: Plan, c: int) -> torch.Tensor:
+def _blocked_mask(p: Plan, c: int, with_globals: bool = True) -> torch.Tensor:
     """(b * nb, 1, c, c + 2w + G) bool for ``blocked``: block j's c queries see the band keys of positions
-    [j*c - w, j*c + c + w) that are real and not global, then the row's G global keys. Every query also sees its
+    [j*c - w, j*c + c + w) that are real and not global, then the row's G global keys (unless not
+    ``with_globals``). Every query also sees its
     own position, so no row is fully masked (padded and global rows are cut off or replaced afterwards; a fully
     masked row would be NaN, and NaN reaches the gradients)."""
     b, n, w = p.keep.shape[0], p.n, p.window
@@ -250,9 +262,10 @@ def _blocked_mask(p: Plan, c: int) -> torch.Tensor:
     ok = F.pad(local_ok, (w, w + nb * c - n), value=False).unfold(1, L, c)  # (b, nb, L)
     rel = torch.arange(L, device=ok.device)[None, :] - w - torch.arange(c, device=ok.device)[:, None]  # (c, L)
     mask = (rel.abs() <= w)[None, None] & ok[:, :, None, :] | (rel == 0)[None, None]  # (b, nb, c, L)
-    if p.n_glob:
-        mask = torch.cat([mask, p.g_valid[:, None, None, :].expand(b, nb, c, p.n_glob)], dim=3)
-    return mask.reshape(b * nb, 1, c, L + p.n_glob)
+    g = p.n_glob if with_globals else 0
+    if g:
+        mask = torch.cat([mask, p.g_valid[:, None, None, :].expand(b, nb, c, g)], dim=3)
+    return mask.reshape(b * nb, 1, c, L + g)
 
 
 def _blocked_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> torch.Tensor:
@@ -261,6 +274,8 @@ def _blocked_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> t
     :data:`GROUP_BLOCKS` blocks per call so the band copies stay a few MB whatever the length. Keys are gathered in
     (token, head, dim) layout, where each block's band is one contiguous run of memory: the copy is a memcpy per
     block (the same copy from (head, token, dim) layout took as long as the attention)."""
+    if p.strided:
+        return _strided_local(q, k, v, p, scale, banded_kv)
     b, h, n, d = q.shape
     w, c, g = p.window, BLOCK_QUERIES, p.n_glob
     nb = -(-n // c)
@@ -292,6 +307,52 @@ def _blocked_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> t
                                            attn_mask=masks[:, j0:j0 + m].reshape(b * m, 1, c, L + g), scale=scale)
         out[:, j0:j0 + m] = o.view(b, m, h, c, d).transpose(2, 3)
     return out.view(b, nb * c, h, d)[:, :n].transpose(1, 2)
+
+
+def _strided_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> torch.Tensor:
+    """``blocked`` without copying a band (inference on CPU): block j's c = :data:`STRIDED_QUERIES` queries and its
+    c + 2w keys and values are overlapping strided views of the (token, head, dim) buffers, :data:`STRIDED_GROUP`
+    blocks the batch of one fused-kernel call. The G global keys are not appended to every block: the kernel also returns each
+    query's log-sum-exp over its band, and the global keys join through it, out = (e^lse · band + Σ e^s_g · v_g) /
+    (e^lse + Σ e^s_g). The private op is called because public SDPA does not return the log-sum-exp."""
+    b, h, n, d = q.shape
+    w, c, g = p.window, STRIDED_QUERIES, p.n_glob
+    nb = -(-n // c)
+    N, L = nb * c, c + 2 * w
+    qt = q.transpose(1, 2)  # (b, n, h, d): the projection's own layout
+    qt = qt if N == n and qt.is_contiguous() else F.pad(qt, (0, 0, 0, 0, 0, N - n)).contiguous()
+    if banded_kv is not None:  # K and V already projected into zero-padded buffers (:func:`project_banded`)
+        kt, vt = banded_kv
+    else:
+        kt, vt = (F.pad(x.transpose(1, 2), (0, 0, 0, 0, w, w + N - n)).contiguous() for x in (k, v))
+    mask = p.blocked_mask.view(b, nb, 1, c, L)
+    scale = d ** -0.5 if scale is None else scale
+    out, lse = qt.new_empty(b, N, h, d), qt.new_empty(b, N, h, dtype=torch.float32)
+    for i in range(b):
+        for j0 in range(0, nb, STRIDED_GROUP):
+            m = min(STRIDED_GROUP, nb - j0)
+            kb, vb = (x.as_strided((m, L, h, d), (c * h * d, h * d, d, 1), x[i].storage_offset() + j0 * c * h * d)
+                      .transpose(1, 2) for x in (kt, vt))  # block j: rows j*c ... j*c + L of the buffer, no copy
+            ok = mask[i, j0:j0 + m]
+            o, lse_ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                qt[i, j0 * c:(j0 + m) * c].view(m, c, h, d).transpose(1, 2), kb, vb, scale=scale,
+                attn_mask=torch.zeros(ok.shape, dtype=torch.float32).masked_fill_(~ok, float("-inf")))
+            out[i, j0 * c:(j0 + m) * c] = o.transpose(1, 2).reshape(m * c, h, d)  # (block, query, head, dim) memory
+            lse[i, j0 * c:(j0 + m) * c] = lse_.transpose(1, 2).reshape(m * c, h)
+    if g:  # the global keys through the log-sum-exp: (b, N, h, G) scores, padded global slots masked out
+        idx = p.order[:, :, None, None].expand(b, g, h, d)
+        gk, gv = (torch.gather(x[:, w:w + n], 1, idx) for x in (kt, vt))  # (b, G, h, d)
+        # every query's score to each global key of its head, as one GEMM with a block-diagonal (h d, h G) matrix
+        # (a batched (h, n, d) x (h, d, G) product runs a matrix-vector kernel per head: 6x slower here)
+        per_head = torch.einsum("bghd,hk->bhdkg", gk, torch.eye(h, dtype=gk.dtype)).reshape(b, h * d, h * g)
+        s = torch.bmm(qt.view(b, N, h * d), per_head).view(b, N, h, g).float().mul_(scale)
+        s.masked_fill_(~p.g_valid[:, None, None, :], float("-inf"))
+        total = torch.logaddexp(lse, torch.logsumexp(s, -1))
+        out.mul_(torch.exp(lse - total)[..., None].to(out.dtype))
+        wts = torch.exp(s - total[..., None]).to(out.dtype)
+        for j in range(g):
+            out.addcmul_(wts[..., j:j + 1], gv[:, j:j + 1])
+    return out[:, :n].transpose(1, 2)
 
 
 def _global_rows(out, q, k, v, p: Plan, global_qkv, scale, g_rows=None, inplace: bool = False) -> torch.Tensor:
