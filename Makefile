@@ -36,8 +36,8 @@ test: $(VENV)/.installed-dev services
 # Regenerates every file in benchmarks/results/, each stamped with git commit, machine and command (about 2 h on
 # 2 cores, measured 2026-11-23/24): quick_profile ~5 min, mobile_targets ~30 (the whole quick profile cold + re-run,
 # and the int8 paths), summarization ~15 (needs ../shared/data/bbc-news-summary) and ~26 on the packaged KEPs,
-# long_attention ~5, long_quick ~33 (the long-document quick profile cold), reproduce_teacher ~5
-# (`effilm reproduce` of quick_profile's teacher run, read
+# long_attention ~15 (3 processes per cell), long_quick ~33 (the long-document quick profile cold),
+# reproduce_teacher ~5 (`effilm reproduce` of quick_profile's teacher run, read
 # from the store quick_profile left in $(BENCH_WORK); last, so a reproduction outside tolerance - exit 1, its results
 # file still written - fails `make bench` without leaving the other results stale). Do not edit tasks/ or flows/ while
 # it runs: reproduce refuses a run made with other code (exit 2).
