@@ -251,10 +251,9 @@ def sliding_window_attention(q, k, v, window: int, key_padding: torch.Tensor | N
 
 def _blocked_mask(p: Plan, c: int, with_globals: bool = True) -> torch.Tensor:
     """(b * nb, 1, c, c + 2w + G) bool for ``blocked``: block j's c queries see the band keys of positions
-    [j*c - w, j*c + c + w) that are real and not global, then the row's G global keys (unless not
-    ``with_globals``). Every query also sees its
-    own position, so no row is fully masked (padded and global rows are cut off or replaced afterwards; a fully
-    masked row would be NaN, and NaN reaches the gradients)."""
+    [j*c - w, j*c + c + w) that are real and not global, then (``with_globals``) the row's G global keys. Every
+    query also sees its own position, so no row is fully masked (padded and global rows are cut off or replaced
+    afterwards; a fully masked row would be NaN, and NaN reaches the gradients)."""
     b, n, w = p.keep.shape[0], p.n, p.window
     nb = -(-n // c)
     L = c + 2 * w
@@ -312,9 +311,10 @@ def _blocked_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> t
 def _strided_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> torch.Tensor:
     """``blocked`` without copying a band (inference on CPU): block j's c = :data:`STRIDED_QUERIES` queries and its
     c + 2w keys and values are overlapping strided views of the (token, head, dim) buffers, :data:`STRIDED_GROUP`
-    blocks the batch of one fused-kernel call. The G global keys are not appended to every block: the kernel also returns each
-    query's log-sum-exp over its band, and the global keys join through it, out = (e^lse · band + Σ e^s_g · v_g) /
-    (e^lse + Σ e^s_g). The private op is called because public SDPA does not return the log-sum-exp."""
+    blocks the batch of one fused-kernel call. The G global keys are not appended to every block: the kernel also
+    returns each query's log-sum-exp over its band, and the global keys join through it, out = (e^lse · band +
+    Σ e^s_g · v_g) / (e^lse + Σ e^s_g). The private op is called because public SDPA does not return the log-sum-exp.
+    Training takes the copying path: autograd through overlapping strided views is not worth the risk."""
     b, h, n, d = q.shape
     w, c, g = p.window, STRIDED_QUERIES, p.n_glob
     nb = -(-n // c)
