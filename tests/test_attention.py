@@ -114,6 +114,18 @@ def test_half_precision_close_to_reference(dtype):
         for backend in ("flex", "blocked", "dense"):
             ours = attention.sliding_window_attention(*(x.to(dtype) for x in (q, k, v)), 64, None, glob, backend=backend)
             assert ours.dtype == dtype and (ours.float() - ref).abs().max() < 0.05, backend
+    trained = attention.sliding_window_attention(q.to(dtype).requires_grad_(), k.to(dtype), v.to(dtype), 64, None, glob,
+                                                 backend="blocked")  # the copying path, as autograd takes it
+    assert trained.dtype == dtype and (trained.float() - ref).abs().max() < 0.05
+
+
+def test_an_inference_plan_refuses_to_train():
+    """A CPU plan built for inference reads strided bands (no backward): used under autograd it says so."""
+    q, k, v = (torch.randn(1, 2, 600, 8) for _ in range(3))
+    p = attention.plan(None, None, 32, (1, 600), "cpu", "blocked", grad=False)
+    assert p.strided
+    with pytest.raises(ValueError, match="built for inference"):
+        attention.sliding_window_attention(q.requires_grad_(), k, v, 32, plan_=p)
 
 
 def test_auto_choice_by_device_and_length_and_says_so(caplog):

@@ -55,7 +55,7 @@ BLOCK_QUERIES = 128
 # the band. One layer at 4,096 tokens, w = 128, [CLS] global, 2 cores: c = 32 / 64 / 128 took 34 / 29 / 36 ms
 # (the copying path: 44 ms)
 STRIDED_QUERIES = 64
-STRIDED_GROUP = 16  # blocks per kernel call there: bounds its float mask and output to ~1 MB each at MiniLM's size
+STRIDED_GROUP = 16  # blocks per kernel call there: bounds its float mask and output to ~1.5 MB each at MiniLM's size
 GROUP_BLOCKS = 4  # blocks per SDPA call of ``blocked``: bounds its K/V band copies (4 x 384 keys: ~2.4 MB each at
 # MiniLM's size). 4,096 tokens, 2 cores, side by side: 8 -> 4 took peak RSS 608 -> 593 MB at the same speed
 FLEX_BLOCK = 128  # FlexAttention's tile; sequences are padded to a multiple of it
@@ -130,7 +130,8 @@ class Plan:
 def plan(key_padding: torch.Tensor | None, global_mask: torch.Tensor | None, window: int, shape: tuple[int, int],
          device, backend: str = "auto", grad: bool | None = None) -> Plan:
     """Build the shared masks once. ``shape``: (b, n). ``window``: one-sided w. ``grad``: a backward pass will follow
-    (FlexAttention then also needs the transposed block index; default: ``torch.is_grad_enabled()``)."""
+    (FlexAttention then also needs the transposed block index; default: ``torch.is_grad_enabled()``). A CPU plan
+    built with ``grad=False`` serves inference only (``blocked`` then reads strided bands, which have no backward)."""
     b, n = shape
     keep = torch.ones(b, n, dtype=torch.bool, device=device) if key_padding is None else key_padding.bool()
     glob = torch.zeros(b, n, dtype=torch.bool, device=device) if global_mask is None else global_mask.bool() & keep
@@ -272,8 +273,12 @@ def _blocked_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> t
     call falls back to the unfused path, measured 5-8x slower on CPU), each with its c + 2w band keys (+ G global),
     :data:`GROUP_BLOCKS` blocks per call so the band copies stay a few MB whatever the length. Keys are gathered in
     (token, head, dim) layout, where each block's band is one contiguous run of memory: the copy is a memcpy per
-    block (the same copy from (head, token, dim) layout took as long as the attention)."""
+    block (the same copy from (head, token, dim) layout took as long as the attention). A plan built for inference
+    on CPU takes :func:`_strided_local` instead."""
     if p.strided:
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+            raise ValueError("this attention plan was built for inference (grad=False): its strided bands have no "
+                             "backward; build the plan with grad=True (the default under autograd) to train")
         return _strided_local(q, k, v, p, scale, banded_kv)
     b, h, n, d = q.shape
     w, c, g = p.window, BLOCK_QUERIES, p.n_glob
@@ -321,9 +326,9 @@ def _strided_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> t
     N, L = nb * c, c + 2 * w
     qt = q.transpose(1, 2)  # (b, n, h, d): the projection's own layout
     qt = qt if N == n and qt.is_contiguous() else F.pad(qt, (0, 0, 0, 0, 0, N - n)).contiguous()
-    if banded_kv is not None:  # K and V already projected into zero-padded buffers (:func:`project_banded`)
-        kt, vt = banded_kv
-    else:
+    if banded_kv is not None and all(x.is_contiguous() and x.shape[1] >= w + N + w for x in banded_kv):
+        kt, vt = banded_kv  # K and V already projected into zero-padded buffers (:func:`project_banded`)
+    else:  # the strided views must never run past a row's own buffer
         kt, vt = (F.pad(x.transpose(1, 2), (0, 0, 0, 0, w, w + N - n)).contiguous() for x in (k, v))
     mask = p.blocked_mask.view(b, nb, 1, c, L)
     scale = d ** -0.5 if scale is None else scale
@@ -345,7 +350,7 @@ def _strided_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> t
         # every query's score to each global key of its head, as one GEMM with a block-diagonal (h d, h G) matrix
         # (a batched (h, n, d) x (h, d, G) product runs a matrix-vector kernel per head: 6x slower here)
         per_head = torch.einsum("bghd,hk->bhdkg", gk, torch.eye(h, dtype=gk.dtype)).reshape(b, h * d, h * g)
-        s = torch.bmm(qt.view(b, N, h * d), per_head).view(b, N, h, g).float().mul_(scale)
+        s = torch.bmm(qt.view(b, N, h * d).float(), per_head.float()).view(b, N, h, g).mul_(scale)  # fp32 scores
         s.masked_fill_(~p.g_valid[:, None, None, :], float("-inf"))
         total = torch.logaddexp(lse, torch.logsumexp(s, -1))
         out.mul_(torch.exp(lse - total)[..., None].to(out.dtype))
