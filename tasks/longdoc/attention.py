@@ -283,16 +283,11 @@ def _blocked_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> t
     b, h, n, d = q.shape
     w, c, g = p.window, BLOCK_QUERIES, p.n_glob
     nb = -(-n // c)
-    pad, L = nb * c - n, c + 2 * w
-    qt = q.transpose(1, 2)  # (b, n, h, d): the projection's own layout, no copy unless padding is needed
-    qt = (qt if pad == 0 and qt.is_contiguous() else F.pad(qt, (0, 0, 0, 0, 0, pad)).contiguous()).view(b, nb, c, h, d)
-    if banded_kv is not None:  # K and V already projected into their padded buffers (:func:`project_banded`)
-        kt, vt = banded_kv
-    else:
-        kt, vt = (F.pad(x.transpose(1, 2), (0, 0, 0, 0, w, w + pad)).contiguous() for x in (k, v))  # (b, n', h, d)
+    L = c + 2 * w
+    qt, kt, vt = _token_major(q, k, v, w, nb * c, banded_kv)
+    qt = qt.view(b, nb, c, h, d)
     if g:  # each row's global keys (padded to the max count), appended as extra keys of every block
-        idx = p.order[:, :, None, None].expand(b, g, h, d)
-        gk, gv = (torch.gather(x[:, w:w + n], 1, idx)[:, None] for x in (kt, vt))
+        gk, gv = (x[:, None] for x in _global_keys(kt, vt, p, n))
     masks = p.blocked_mask.view(b, nb, 1, c, L + g)
     out = q.new_empty(b, nb, c, h, d)
     for j0 in range(0, nb, GROUP_BLOCKS):
@@ -313,6 +308,25 @@ def _blocked_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> t
     return out.view(b, nb * c, h, d)[:, :n].transpose(1, 2)
 
 
+def _token_major(q, k, v, w: int, N: int, banded_kv: tuple | None):
+    """Q as (b, N, h, d) and K, V as (b, w + N + w, h, d), zero-padded, in the projection's own (token, head, dim)
+    layout: no copy where Q needs no padding and K, V come already projected into buffers long enough
+    (:func:`project_banded`). The bands read past no row's own buffer."""
+    n = q.shape[2]
+    qt = q.transpose(1, 2)
+    qt = qt if N == n and qt.is_contiguous() else F.pad(qt, (0, 0, 0, 0, 0, N - n)).contiguous()
+    if banded_kv is not None and all(x.is_contiguous() and x.shape[1] >= w + N + w for x in banded_kv):
+        return (qt, *banded_kv)
+    return (qt, *(F.pad(x.transpose(1, 2), (0, 0, 0, 0, w, w + N - n)).contiguous() for x in (k, v)))
+
+
+def _global_keys(kt: torch.Tensor, vt: torch.Tensor, p: Plan, n: int) -> tuple:
+    """Each row's global keys and values (b, G, h, d), padded to the most global tokens of any row."""
+    b, _, h, d = kt.shape
+    idx = p.order[:, :, None, None].expand(b, p.n_glob, h, d)
+    return tuple(torch.gather(x[:, p.window:p.window + n], 1, idx) for x in (kt, vt))
+
+
 def _strided_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> torch.Tensor:
     """``blocked`` without copying a band (inference on CPU): block j's c = :data:`STRIDED_QUERIES` queries and its
     c + 2w keys and values are overlapping strided views of the (token, head, dim) buffers, :data:`STRIDED_GROUP`
@@ -324,29 +338,24 @@ def _strided_local(q, k, v, p: Plan, scale, banded_kv: tuple | None = None) -> t
     w, c, g = p.window, STRIDED_QUERIES, p.n_glob
     nb = -(-n // c)
     N, L = nb * c, c + 2 * w
-    qt = q.transpose(1, 2)  # (b, n, h, d): the projection's own layout
-    qt = qt if N == n and qt.is_contiguous() else F.pad(qt, (0, 0, 0, 0, 0, N - n)).contiguous()
-    if banded_kv is not None and all(x.is_contiguous() and x.shape[1] >= w + N + w for x in banded_kv):
-        kt, vt = banded_kv  # K and V already projected into zero-padded buffers (:func:`project_banded`)
-    else:  # the strided views must never run past a row's own buffer
-        kt, vt = (F.pad(x.transpose(1, 2), (0, 0, 0, 0, w, w + N - n)).contiguous() for x in (k, v))
+    qt, kt, vt = _token_major(q, k, v, w, N, banded_kv)
     mask = p.blocked_mask.view(b, nb, 1, c, L)
     scale = d ** -0.5 if scale is None else scale
     out, lse = qt.new_empty(b, N, h, d), qt.new_empty(b, N, h, dtype=torch.float32)
     for i in range(b):
         for j0 in range(0, nb, STRIDED_GROUP):
             m = min(STRIDED_GROUP, nb - j0)
+            rows = slice(j0 * c, (j0 + m) * c)
             kb, vb = (x.as_strided((m, L, h, d), (c * h * d, h * d, d, 1), x[i].storage_offset() + j0 * c * h * d)
                       .transpose(1, 2) for x in (kt, vt))  # block j: rows j*c ... j*c + L of the buffer, no copy
             ok = mask[i, j0:j0 + m]
             o, lse_ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                qt[i, j0 * c:(j0 + m) * c].view(m, c, h, d).transpose(1, 2), kb, vb, scale=scale,
+                qt[i, rows].view(m, c, h, d).transpose(1, 2), kb, vb, scale=scale,
                 attn_mask=torch.zeros(ok.shape, dtype=torch.float32).masked_fill_(~ok, float("-inf")))
-            out[i, j0 * c:(j0 + m) * c] = o.transpose(1, 2).reshape(m * c, h, d)  # (block, query, head, dim) memory
-            lse[i, j0 * c:(j0 + m) * c] = lse_.transpose(1, 2).reshape(m * c, h)
+            out[i, rows] = o.transpose(1, 2).reshape(m * c, h, d)  # the kernel writes (block, query, head, dim)
+            lse[i, rows] = lse_.transpose(1, 2).reshape(m * c, h)
     if g:  # the global keys through the log-sum-exp: (b, N, h, G) scores, padded global slots masked out
-        idx = p.order[:, :, None, None].expand(b, g, h, d)
-        gk, gv = (torch.gather(x[:, w:w + n], 1, idx) for x in (kt, vt))  # (b, G, h, d)
+        gk, gv = _global_keys(kt, vt, p, n)
         # every query's score to each global key of its head, as one GEMM with a block-diagonal (h d, h G) matrix
         # (a batched (h, n, d) x (h, d, G) product runs a matrix-vector kernel per head: 6x slower here)
         per_head = torch.einsum("bghd,hk->bhdkg", gk, torch.eye(h, dtype=gk.dtype)).reshape(b, h * d, h * g)
