@@ -60,6 +60,9 @@ def select(rows: list[dict], constraints: dict, baseline_acc: float, objective: 
     feasible = [r for r in candidates if all(v == 0 for v in all_misses[r["variant"]].values())]
     front = pareto_front(feasible)
     limits = ", ".join(f"{k}={v}" for k, v in constraints.items() if v is not None) or "none"
+    if not candidates:
+        return Selection(None, [], [], f"no variant was measured ({len(rows)} given, none with a latency: each "
+                         "failed or stopped early before its benchmark); nothing to select", {})
     if front:
         order = {"latency": lambda r: (r[LATENCY], -r[ACC]), "size": lambda r: (r[SIZE], -r[ACC]),
                  "accuracy": lambda r: (-r[ACC], r[LATENCY])}[objective]
