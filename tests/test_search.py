@@ -39,7 +39,7 @@ def test_recipes_that_share_a_prefix_share_its_variants():
     assert b[3].steps[0].technique == "quantize"
     assert all(x.name != y.name for x, y in zip(a, c))  # a different student: nothing downstream is shared
     longer = recipes.variants(recipe(distill_epochs=3.0), 6, 128)
-    assert a[0].steps[0].finetune.epochs == 1.0 and longer[0].steps[0].finetune.epochs == 3.0
+    assert a[0].steps[0].finetune.epochs is None and longer[0].steps[0].finetune.epochs == 3.0  # None: train.epochs
     assert longer[0].name != a[0].name and "e3 /" in recipe(distill_epochs=3.0).label()
     assert a[0].steps[0].keep == [0, 2, 4] and a[1].source == a[0].name
     plain = recipes.variants(recipe(heads_fraction=0.0, ffn_fraction=0.0, vocab_trim=False, runtime="torch-fp32"), 6, 128)

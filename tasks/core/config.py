@@ -339,9 +339,9 @@ class SearchSpace(Strict):
     temperature: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0], min_length=1)
     alpha: list[float] = Field(default_factory=lambda: [0.5, 0.8], min_length=1, description="weight of the soft loss")
     hidden_mse: list[float] = Field(default_factory=lambda: [0.0, 1.0], min_length=1)
-    distill_epochs: list[Annotated[float, Field(gt=0)]] = Field(
-        default_factory=lambda: [1.0], min_length=1, description="epochs the student is distilled for (the smaller "
-        "the student, the more it gains from longer distillation)")
+    distill_epochs: list[Annotated[float, Field(gt=0)] | None] = Field(
+        default_factory=lambda: [None], min_length=1, description="epochs the student is distilled for (null: the "
+        "train section's epochs)")
     heads_fraction: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5], min_length=1)
     ffn_fraction: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75], min_length=1)
     recovery_epochs: list[float] = Field(default_factory=lambda: [0.5], min_length=1,

@@ -26,7 +26,7 @@ class Recipe(BaseModel):
     temperature: float
     alpha: float
     hidden_mse: float
-    distill_epochs: float = 1.0
+    distill_epochs: float | None = None  # None: the train section's epochs
     heads_fraction: float
     ffn_fraction: float
     recovery_epochs: float
@@ -40,7 +40,7 @@ class Recipe(BaseModel):
                                      f"ffn{self.ffn_fraction:.0%}" if self.ffn_fraction else "",
                                      ("vocab" + (f">={self.vocab_min_count}" if self.vocab_min_count > 1 else ""))
                                      if self.vocab_trim else "") if p) or "-"
-        epochs = f" e{self.distill_epochs:g}" if self.distill_epochs != 1 else ""
+        epochs = f" e{self.distill_epochs:g}" if self.distill_epochs is not None else ""
         return (f"{self.layers}L-{self.layer_pick} T{self.temperature:g} a{self.alpha:g} h{self.hidden_mse:g}{epochs} / "
                 f"{prune.replace('%', '')} / {self.runtime}")
 
@@ -77,7 +77,7 @@ def variants(recipe: Recipe, teacher_layers: int, seq_len: int) -> list[Variant]
     steps: list[tuple[str, dict]] = [("distill", {
         "technique": "distill", "keep": kept_layers(recipe.layers, recipe.layer_pick, teacher_layers),
         "temperature": recipe.temperature, "alpha": recipe.alpha, "hidden_mse": recipe.hidden_mse,
-        "finetune": {"epochs": recipe.distill_epochs}})]
+        **({"finetune": {"epochs": recipe.distill_epochs}} if recipe.distill_epochs is not None else {})})]
     if recipe.heads_fraction or recipe.ffn_fraction:
         steps.append(("prune", {"technique": "prune_structured", "ffn_fraction": recipe.ffn_fraction,
                                 "heads_fraction": recipe.heads_fraction,

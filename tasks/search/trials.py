@@ -215,6 +215,9 @@ def stop_early(cfg, parent: str, base: dict, study, batch: list, chosen: dict, c
                 t.set_user_attr(key, value)
             study.tell(t, state=TrialState.PRUNED)
 
+        log.info("%s %s: stopped after distillation, the student's val accuracy %.4f is below %.4f (teacher %.4f - "
+                 "max_accuracy_drop - early_stop_margin)", trial_label(t.number), recipe.label(), acc, floor,
+                 ref["val/accuracy"])
         record(cfg, parent, base, trial_label(t.number), recipe, technique_of(chains[t.number][:1]),
                {"val/student_accuracy": acc, "search/floor": floor},
                {"search.trial": t.number, "search.state": "PRUNED", "search.stopped_after": "distill",
