@@ -54,6 +54,11 @@ def test_seed_recipe_outside_the_space_names_the_key():
     with pytest.raises(ConfigError) as e:
         load_config("mobile-bert", "quick", ["search.objectives=[latency, size]"])
     assert e.value.key == "search.objectives" and "accuracy included" in e.value.message
+    with pytest.raises(ConfigError) as e:  # quick: train.epochs 1, so null and 1 are the same student
+        load_config("mobile-bert", "quick", ["search.space.distill_epochs=[null, 1]"])
+    assert e.value.key == "search.space.distill_epochs" and "build the same student twice" in e.value.message
+    assert load_config("mobile-bert", "quick", ["search.space.distill_epochs=[null, 3]"]).search.space.distill_epochs \
+        == [None, 3.0]
 
 
 def test_bad_time_budget_exits_2(capsys):

@@ -328,9 +328,9 @@ OBJECTIVES = ("accuracy", "latency", "size", "runtime_rss")
 
 class SearchSpace(Strict):
     """The recipe space of ``effilm search``: each key lists the values a trial may pick (a one-value list fixes it).
-    A recipe is: distill the teacher into ``layers`` of its layers (picked ``layer_pick``), remove ``heads_fraction``
-    of the attention heads and ``ffn_fraction`` of every FFN (structured, with a recovery fine-tune), optionally trim
-    the vocabulary to the training corpus, then run in one ``runtime``."""
+    A recipe is: distill the teacher into ``layers`` of its layers (picked ``layer_pick``) for ``distill_epochs``,
+    remove ``heads_fraction`` of the attention heads and ``ffn_fraction`` of every FFN (structured, with a recovery
+    fine-tune), optionally trim the vocabulary to the training corpus, then run in one ``runtime``."""
 
     layers: list[int] = Field(default_factory=lambda: [2, 3, 4], min_length=1, description="encoder layers kept")
     layer_pick: list[Literal["spread", "bottom", "top"]] = Field(
@@ -439,6 +439,11 @@ class MobileBertConfig(Strict):
         if self.benchmark.seq_len > self.model.max_length:
             raise ValueError(f"benchmark.seq_len: {self.benchmark.seq_len} contradicts model.max_length="
                              f"{self.model.max_length} (the model never sees that many tokens)")
+        epochs = self.search.space.distill_epochs
+        if None in epochs and self.train.epochs in epochs:
+            raise ValueError(f"search.space.distill_epochs: null already means train.epochs ({self.train.epochs:g}); "
+                             f"listing {self.train.epochs:g} too would build the same student twice under two names: "
+                             "drop one")
         seen = {"teacher"}
         for i, v in enumerate(self.variants):
             if v.name in seen:

@@ -56,13 +56,13 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 
 def select(rows: list[dict], constraints: dict, baseline_acc: float, objective: str = "latency") -> Selection:
     candidates = [r for r in rows if r.get(LATENCY) is not None]
+    if not candidates:
+        return Selection(None, [], [], "no variant was measured: none has a latency (each failed, or stopped early, "
+                         "before its benchmark); nothing to select", {})
     all_misses = {r["variant"]: misses_for(r, constraints, baseline_acc) for r in candidates}
     feasible = [r for r in candidates if all(v == 0 for v in all_misses[r["variant"]].values())]
     front = pareto_front(feasible)
     limits = ", ".join(f"{k}={v}" for k, v in constraints.items() if v is not None) or "none"
-    if not candidates:
-        return Selection(None, [], [], f"no variant was measured ({len(rows)} given, none with a latency: each "
-                         "failed or stopped early before its benchmark); nothing to select", {})
     if front:
         order = {"latency": lambda r: (r[LATENCY], -r[ACC]), "size": lambda r: (r[SIZE], -r[ACC]),
                  "accuracy": lambda r: (-r[ACC], r[LATENCY])}[objective]
