@@ -29,7 +29,7 @@ services:
 
 # Two pytest workers (pytest-xdist): most integration tests wait on subprocesses and servers, so a second worker
 # uses the core one worker leaves idle. PYTEST_WORKERS=0 runs everything in one process. (`--dist worksteal` was
-# tried: a clean clone's tests took 20 min 54 s against 18 min 7 s the day before with the default; not kept.)
+# tried: a clean clone's tests took 20 min 54 s, the default 21 min 18 s the same afternoon: no gain; not kept.)
 PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev services
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
