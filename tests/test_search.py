@@ -41,6 +41,10 @@ def test_recipes_that_share_a_prefix_share_its_variants():
     longer = recipes.variants(recipe(distill_epochs=3.0), 6, 128)
     assert a[0].steps[0].finetune.epochs is None and longer[0].steps[0].finetune.epochs == 3.0  # None: train.epochs
     assert longer[0].name != a[0].name and "e3 /" in recipe(distill_epochs=3.0).label()
+    faster = recipes.variants(recipe(distill_learning_rate=5e-4), 6, 128)
+    assert a[0].steps[0].finetune.learning_rate is None and faster[0].steps[0].finetune.learning_rate == 5e-4
+    assert faster[0].steps[0].finetune.epochs is None and faster[0].name not in {a[0].name, longer[0].name}
+    assert "h1 lr0.0005 /" in recipe(distill_learning_rate=5e-4).label()
     assert a[0].steps[0].keep == [0, 2, 4] and a[1].source == a[0].name
     plain = recipes.variants(recipe(heads_fraction=0.0, ffn_fraction=0.0, vocab_trim=False, runtime="torch-fp32"), 6, 128)
     assert [v.steps[0].technique for v in plain] == ["distill"]
@@ -59,6 +63,18 @@ def test_seed_recipe_outside_the_space_names_the_key():
     assert e.value.key == "search.space.distill_epochs" and "build the same student twice" in e.value.message
     assert load_config("mobile-bert", "quick", ["search.space.distill_epochs=[null, 3]"]).search.space.distill_epochs \
         == [None, 3.0]
+    with pytest.raises(ConfigError) as e:  # train.learning_rate 1e-4
+        load_config("mobile-bert", "quick", ["search.space.distill_learning_rate=[null, 1e-4]"])
+    assert e.value.key == "search.space.distill_learning_rate" and "null already means train.learning_rate" in e.value.message
+    # a seed recipe is one fixed recipe: a key it leaves out is taken from a one-value space, else it is an error
+    seed = "search.seed_recipes=[{layers: 2, layer_pick: spread, temperature: 2.0, alpha: 0.5, hidden_mse: 1.0}]"
+    with pytest.raises(ConfigError) as e:
+        load_config("mobile-bert", "quick", [seed])
+    assert e.value.key == "search.seed_recipes" and "does not set heads_fraction" in e.value.message
+    fixed = [f"search.space.{k}=[{v}]" for k, v in (("heads_fraction", 0.0), ("ffn_fraction", 0.5), ("vocab_trim", "true"),
+                                                      ("vocab_min_count", 1), ("runtime", "onnx-int8"))]
+    got = load_config("mobile-bert", "quick", [seed, *fixed]).search.seed_recipes[0]
+    assert got["distill_learning_rate"] is None and got["ffn_fraction"] == 0.5 and got["runtime"] == "onnx-int8"
 
 
 def test_bad_time_budget_exits_2(capsys):
@@ -129,7 +145,7 @@ def test_an_interrupted_trial_is_queued_again_not_lost(tmp_path):
 SPACE = ("{layers: [1], layer_pick: [bottom, top], temperature: [2.0], alpha: [0.5], hidden_mse: [0.0], "
          "heads_fraction: [0.0, 0.5], ffn_fraction: [0.0, 0.5], recovery_epochs: [0.5], vocab_trim: [false], "
          "runtime: [torch-fp32, onnx-int8]}")
-HAND = "[{layers: 1, layer_pick: bottom, heads_fraction: 0.5, ffn_fraction: 0.5, runtime: onnx-int8}]"
+HAND = "[{layers: 1, layer_pick: bottom, heads_fraction: 0.5, ffn_fraction: 0.5, vocab_min_count: 1, runtime: onnx-int8}]"
 
 
 def search_args(model_dir, out, trials: int = 3, **extra) -> list[str]:

@@ -328,7 +328,8 @@ OBJECTIVES = ("accuracy", "latency", "size", "runtime_rss")
 
 class SearchSpace(Strict):
     """The recipe space of ``effilm search``: each key lists the values a trial may pick (a one-value list fixes it).
-    A recipe is: distill the teacher into ``layers`` of its layers (picked ``layer_pick``) for ``distill_epochs``,
+    A recipe is: distill the teacher into ``layers`` of its layers (picked ``layer_pick``) for ``distill_epochs`` at
+    ``distill_learning_rate``,
     remove ``heads_fraction`` of the attention heads and ``ffn_fraction`` of every FFN (structured, with a recovery
     fine-tune), optionally trim the vocabulary to the training corpus, then run in one ``runtime``."""
 
@@ -342,6 +343,9 @@ class SearchSpace(Strict):
     distill_epochs: list[Annotated[float, Field(gt=0)] | None] = Field(
         default_factory=lambda: [None], min_length=1, description="epochs the student is distilled for (null: the "
         "train section's epochs)")
+    distill_learning_rate: list[Annotated[float, Field(gt=0, lt=1)] | None] = Field(
+        default_factory=lambda: [None], min_length=1, description="the student's learning rate (null: the train "
+        "section's; a 1-layer student needs more than the teacher's fine-tuning rate)")
     heads_fraction: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5], min_length=1)
     ffn_fraction: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75], min_length=1)
     recovery_epochs: list[float] = Field(default_factory=lambda: [0.5], min_length=1,
@@ -413,6 +417,12 @@ class SearchConfig(Strict):
                 if value not in getattr(self.space, key):
                     raise ValueError(f"seed_recipes: recipe {i}: {key}={value!r} is not one of space.{key} "
                                      f"{getattr(self.space, key)} (add it there)")
+            for key in SearchSpace.model_fields:  # a seed is one fixed recipe: no key is left to the sampler
+                values = getattr(self.space, key)
+                if key not in recipe and len(values) > 1:
+                    raise ValueError(f"seed_recipes: recipe {i} does not set {key}: add it, one of space.{key} "
+                                     f"{values}")
+                recipe.setdefault(key, values[0])
         return self
 
 
@@ -439,11 +449,11 @@ class MobileBertConfig(Strict):
         if self.benchmark.seq_len > self.model.max_length:
             raise ValueError(f"benchmark.seq_len: {self.benchmark.seq_len} contradicts model.max_length="
                              f"{self.model.max_length} (the model never sees that many tokens)")
-        epochs = self.search.space.distill_epochs
-        if None in epochs and self.train.epochs in epochs:
-            raise ValueError(f"search.space.distill_epochs: null already means train.epochs ({self.train.epochs:g}); "
-                             f"listing {self.train.epochs:g} too would build the same student twice under two names: "
-                             "drop one")
+        for key, inherited in (("distill_epochs", "epochs"), ("distill_learning_rate", "learning_rate")):
+            values, same = getattr(self.search.space, key), getattr(self.train, inherited)
+            if None in values and same in values:
+                raise ValueError(f"search.space.{key}: null already means train.{inherited} ({same:g}); listing "
+                                 f"{same:g} too would build the same student twice under two names: drop one")
         seen = {"teacher"}
         for i, v in enumerate(self.variants):
             if v.name in seen:

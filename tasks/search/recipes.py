@@ -27,6 +27,7 @@ class Recipe(BaseModel):
     alpha: float
     hidden_mse: float
     distill_epochs: float | None = None  # None: the train section's epochs
+    distill_learning_rate: float | None = None  # None: the train section's learning rate
     heads_fraction: float
     ffn_fraction: float
     recovery_epochs: float
@@ -41,6 +42,7 @@ class Recipe(BaseModel):
                                      ("vocab" + (f">={self.vocab_min_count}" if self.vocab_min_count > 1 else ""))
                                      if self.vocab_trim else "") if p) or "-"
         epochs = f" e{self.distill_epochs:g}" if self.distill_epochs is not None else ""
+        epochs += f" lr{self.distill_learning_rate:g}" if self.distill_learning_rate is not None else ""
         return (f"{self.layers}L-{self.layer_pick} T{self.temperature:g} a{self.alpha:g} h{self.hidden_mse:g}{epochs} / "
                 f"{prune.replace('%', '')} / {self.runtime}")
 
@@ -74,10 +76,12 @@ def runtime_step(runtime: str, seq_len: int) -> dict | None:
 
 def variants(recipe: Recipe, teacher_layers: int, seq_len: int) -> list[Variant]:
     """The recipe as a chain of one-step variants, each named by the hash of (its source, its step)."""
+    finetune = {k: v for k, v in (("epochs", recipe.distill_epochs), ("learning_rate", recipe.distill_learning_rate))
+                if v is not None}  # unset: the train section's
     steps: list[tuple[str, dict]] = [("distill", {
         "technique": "distill", "keep": kept_layers(recipe.layers, recipe.layer_pick, teacher_layers),
         "temperature": recipe.temperature, "alpha": recipe.alpha, "hidden_mse": recipe.hidden_mse,
-        **({"finetune": {"epochs": recipe.distill_epochs}} if recipe.distill_epochs is not None else {})})]
+        **({"finetune": finetune} if finetune else {})})]
     if recipe.heads_fraction or recipe.ffn_fraction:
         steps.append(("prune", {"technique": "prune_structured", "ffn_fraction": recipe.ffn_fraction,
                                 "heads_fraction": recipe.heads_fraction,

@@ -42,12 +42,15 @@ def effilm(args: list[str], env: dict, module: str = "flows.cli", **kw) -> subpr
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
-def flows_at_once(model_dir, tmp: Path, uri: str, n: int, timeout: float = 900, **extra) -> list:
+def flows_at_once(model_dir, tmp: Path, uri: str, n: int, timeout: float = 900, own_prefect_server: bool = True,
+                  **extra) -> list:
     """Start ``n`` tiny mobile-bert flows as separate `effilm` processes against ``uri``; all must succeed.
+    ``own_prefect_server``: each flow starts its own temporary Prefect server, as `make run` on separate machines
+    does; else all report to the session's Prefect server, as a team's flows report to its one server.
     Returns the MLflow runs of the experiment afterwards."""
     from mlflow import MlflowClient
 
-    env = env_for(tmp, uri, own_prefect_server=True)  # each flow its own temporary server, as on separate machines
+    env = env_for(tmp, uri, own_prefect_server=own_prefect_server)
     procs = [effilm(tiny_args(model_dir, tmp / f"out{i}", seed=i, **extra), env) for i in range(n)]
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outs):

@@ -156,11 +156,12 @@ def test_malicious_checkpoint_pickle_is_not_executed(tiny_model_dir, tmp_path):
 @pytest.mark.integration
 def test_two_flows_at_once_against_an_mlflow_server(tiny_model_dir, tmp_path):
     """A real `mlflow server` on 127.0.0.1 (sqlite backend, proxied artifacts): two concurrent flows lose nothing.
-    (The PostgreSQL-backed team server is tests/operations/test_team_server.py.)"""
+    The flows report to one Prefect server, as on a team's machines (a temporary server per flow is
+    test_two_flows_at_once_on_sqlite's case). (The PostgreSQL-backed team server is tests/operations/test_team_server.py.)"""
     from tests.services import mlflow_server
 
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path, workers=1) as uri:
-        rs = flows_at_once(tiny_model_dir, tmp_path, uri, 2)
+        rs = flows_at_once(tiny_model_dir, tmp_path, uri, 2, own_prefect_server=False)
         c = MlflowClient(uri)
         assert sorted(r.data.tags["variant"] for r in rs) == ["parent", "parent", "teacher-fp32", "teacher-fp32"]
         for r in rs:
