@@ -110,6 +110,8 @@ def test_structured_pruning_removes_parameters_and_runs(trained, bbc_slice, tmp_
     # pruned structure survives quantization and ONNX export
     q = apply(out, "quantize", bbc_slice, tmp_path / "psq", embeddings=True)
     assert torch.allclose(logits(q, texts), out_logits, atol=0.2)
+    exported = apply(out, "export", bbc_slice, tmp_path / "pso", format="onnx")  # the [CLS]-row block, heads pruned
+    assert torch.allclose(logits(exported, texts), out_logits, atol=1e-4)
 
 
 def test_weight_importance_keeps_the_largest_neurons(trained):
@@ -179,6 +181,20 @@ def test_onnx_export_matches_eager(trained, bbc_slice, tmp_path):
     q = apply(trained, "export", bbc_slice, tmp_path / "o8", format="onnx", quantize="int8")
     assert (logits(q, texts).argmax(-1) == ref.argmax(-1)).float().mean() >= 0.75
     assert not (tmp_path / "o8.partial").exists()
+
+
+def test_export_graph_computes_the_last_layer_for_the_cls_row_alone(trained):
+    from tasks.compress.export import cls_row_of_layer
+
+    layer = models.load_hf_model(trained).bert.encoder.layer[-1]
+    torch.manual_seed(0)
+    h = torch.randn(3, 11, 32)
+    keep = torch.ones(3, 11)
+    keep[1, 7:] = 0  # a padded row: its keys must stay masked
+    mask = (1.0 - keep[:, None, None, :]) * -10000.0
+    with torch.inference_mode():
+        assert torch.allclose(cls_row_of_layer(layer, h, mask), layer(h, mask)[:, :1], atol=1e-5)
+        assert not torch.allclose(cls_row_of_layer(layer, h, torch.zeros_like(mask))[1], layer(h, mask)[1, :1], atol=1e-3)
 
 
 def test_executorch_export_matches_eager(trained, bbc_slice, tmp_path):

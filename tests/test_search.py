@@ -143,6 +143,7 @@ def test_an_interrupted_trial_is_queued_again_not_lost(tmp_path):
 # ------------------------------------------------------------------------------------------------ end to end
 
 SPACE = ("{layers: [1], layer_pick: [bottom, top], temperature: [2.0], alpha: [0.5], hidden_mse: [0.0], "
+         "distill_learning_rate: [null], "
          "heads_fraction: [0.0, 0.5], ffn_fraction: [0.0, 0.5], recovery_epochs: [0.5], vocab_trim: [false], "
          "runtime: [torch-fp32, onnx-int8]}")
 HAND = "[{layers: 1, layer_pick: bottom, heads_fraction: 0.5, ffn_fraction: 0.5, vocab_min_count: 1, runtime: onnx-int8}]"
