@@ -33,6 +33,7 @@ def main() -> int:
     a = ap.parse_args()
     work = (a.work or Path(tempfile.mkdtemp(prefix="effilm-search-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    a.results_dir.mkdir(parents=True, exist_ok=True)  # the fronts are copied there before the results are written
     uri = f"sqlite:///{work / 'mlflow.db'}"
     env = {"MLFLOW_TRACKING_URI": uri, "PREFECT_LOCAL_STORAGE_PATH": str(work / "prefect"), "HF_HUB_OFFLINE": "1"}
     effilm = str(Path(sys.executable).parent / "effilm")

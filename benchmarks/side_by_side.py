@@ -5,9 +5,10 @@
 
 On a shared machine a figure drifts 10-25 % between runs minutes apart, so a ratio of two figures taken in different
 runs (a search's trials are benchmarked as they finish) can move by as much. Here every folder is benchmarked by the
-flow's own benchmark (tasks/measure/benchmark.py: its own process, p50 at batch 1 / 1 thread, the search's settings),
-in turn (A B C, A B C, ...), and each ratio is the median over rounds of the ratio within a round: a drift between
-rounds affects both sides of it alike. Writes <results-dir>/<name>.{json,md}.
+flow's own benchmark (tasks/measure/benchmark.py: its own process, p50 at batch 1 / 1 thread, the quick profile's
+search.benchmark settings) in turn, the order rotated each round (A B C, B C A, ...), and each ratio is the median
+over rounds of the ratio within a round: a drift between rounds affects both sides of it alike.
+Writes <results-dir>/<name>.{json,md}.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ def main() -> int:
     ap.add_argument("--name", default="side_by_side")
     a = ap.parse_args()
     labels = a.labels or [p.name for p in a.models]
-    if len(labels) != len(a.models):
-        ap.error(f"--labels: {len(labels)} names for {len(a.models)} model folders")
+    if len(labels) != len(a.models) or len(set(labels)) != len(labels):
+        ap.error(f"--labels: give {len(a.models)} distinct names, one per model folder (got {labels})")
     for p in a.models:
-        if not p.is_dir():
-            ap.error(f"{p}: not a model folder")
+        if not (p / "effilm.json").is_file():
+            ap.error(f"{p}: not an effilm model folder (no effilm.json)")
 
     from tqdm import tqdm
 
@@ -46,8 +47,9 @@ def main() -> int:
     ms = {label: [] for label in labels}
     with tempfile.TemporaryDirectory() as tmp, tqdm(total=a.rounds * len(labels), desc="benchmarks", unit="run") as bar:
         for r in range(a.rounds):
-            for label, model in zip(labels, a.models):
-                ms[label].append(benchmark(str(model), str(a.texts), cfg, f"{tmp}/{r}-{label}")["metrics"][LAT])
+            for i in range(len(labels)):  # rotated: no folder always runs first
+                label, model = labels[(i + r) % len(labels)], a.models[(i + r) % len(labels)]
+                ms[label].append(benchmark(str(model), str(a.texts), cfg, f"{tmp}/{r}-{i}")["metrics"][LAT])
                 bar.update()
     ref = labels[0]
     rows = []
@@ -59,7 +61,7 @@ def main() -> int:
                      "speedup_max": round(max(ratios), 2), "size_mb": round(disk_size_mb(model), 3),
                      "size_ratio": round(disk_size_mb(a.models[0]) / disk_size_mb(model), 2), "dir": str(model)})
     data = {"rounds": a.rounds, "reference": ref, "benchmark": cfg.model_dump(), "p50_ms": ms, "rows": rows}
-    md = (f"{a.rounds} rounds; in each, every folder benchmarked in turn by the flow's benchmark (own process, p50 at "
+    md = (f"{a.rounds} rounds; in each, every folder benchmarked in turn (order rotated) by the flow's benchmark (own process, p50 at "
           f"batch 1 / 1 thread, {cfg.seq_len} tokens). Speedup: the reference's p50 over the model's within a round, "
           "median (min, max) over rounds.\n\n"
           + markdown_table(rows, ["model", "p50_ms_median", "p50_ms_min", "p50_ms_max", "speedup_median",

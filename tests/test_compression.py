@@ -184,9 +184,11 @@ def test_onnx_export_matches_eager(trained, bbc_slice, tmp_path):
 
 
 def test_export_graph_computes_the_last_layer_for_the_cls_row_alone(trained):
-    from tasks.compress.export import cls_row_of_layer
+    from tasks.compress.export import ClassifierGraph, cls_row_of_layer
 
-    layer = models.load_hf_model(trained).bert.encoder.layer[-1]
+    model = models.load_hf_model(trained)
+    assert ClassifierGraph(model).cls_row_only  # BERT layers and pooler: the shortcut applies
+    layer = model.bert.encoder.layer[-1]
     torch.manual_seed(0)
     h = torch.randn(3, 11, 32)
     keep = torch.ones(3, 11)

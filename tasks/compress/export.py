@@ -5,9 +5,11 @@ optionally int8 through the PT2E XNNPACK quantizer) — the mobile runtime.
 
 Both exports trace :class:`ClassifierGraph`, a plain forward of a BERT classifier (embeddings -> blocks with an
 additive mask -> pooler -> head) that matches the eager model and avoids transformers' mask builder, which the
-PT2E quantizer cannot trace. Its last block computes the [CLS] row alone (queries from that row, keys and values from
-every row): the pooler reads nothing else, so the logits are the same and that block's query, output projection and
-FFN do 1/seq_len of the work (a 1-layer student: most of its time). ``tasks/measure/runtimes.py`` runs the exported files *in their runtime*, so they are
+PT2E quantizer cannot trace. For BERT layers and pooler its last block computes the [CLS] row alone (queries from that
+row, keys and values from every row): the pooler reads nothing else, so fp32 logits are the same and that block's
+query, output projection and FFN do 1/seq_len of the work (a 1-layer student: most of its time); int8 logits stay
+within quantization error (dynamic activation scales of those projections now come from that row). Other layer types
+(MobileBERT's bottlenecks, remote code) run whole, as before. ``tasks/measure/runtimes.py`` runs the exported files *in their runtime*, so they are
 evaluated and benchmarked exactly like eager models.
 """
 
@@ -48,17 +50,25 @@ def cls_row_of_layer(layer: nn.Module, h: torch.Tensor, mask: torch.Tensor) -> t
 
 class ClassifierGraph(nn.Module):
     def __init__(self, model: nn.Module):
+        from transformers.models.bert.modeling_bert import BertLayer, BertPooler
+
         super().__init__()
         base = getattr(model, model.base_model_prefix)
         self.embeddings, self.layers, self.pooler = base.embeddings, base.encoder.layer, base.pooler
         self.classifier = model.classifier
+        # the [CLS]-row shortcut where both ends are known: BERT's layer layout, and a pooler that reads row 0
+        self.cls_row_only = isinstance(self.layers[-1], BertLayer) and isinstance(self.pooler, BertPooler)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h = self.embeddings(input_ids=input_ids)
         mask = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * -10000.0
+        if not self.cls_row_only:
+            for layer in self.layers:
+                h = layer(h, mask)
+            return self.classifier(self.pooler(h))
         for layer in self.layers[:-1]:
             h = layer(h, mask)
-        return self.classifier(self.pooler(cls_row_of_layer(self.layers[-1], h, mask)))  # the pooler reads row 0
+        return self.classifier(self.pooler(cls_row_of_layer(self.layers[-1], h, mask)))
 
 
 def _example(tokenizer, seq_len: int, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -24,6 +25,8 @@ from pydantic import (
 )
 
 from tasks import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
 
 CASE_STUDY_DIR = PROJECT_ROOT / "case_studies"
 CASE_STUDIES = {"mobile-bert": "mobile_bert.yaml", "long-document": "long_document.yaml"}
@@ -451,9 +454,13 @@ class MobileBertConfig(Strict):
                              f"{self.model.max_length} (the model never sees that many tokens)")
         for key, inherited in (("distill_epochs", "epochs"), ("distill_learning_rate", "learning_rate")):
             values, same = getattr(self.search.space, key), getattr(self.train, inherited)
-            if None in values and same in values:
-                raise ValueError(f"search.space.{key}: null already means train.{inherited} ({same:g}); listing "
-                                 f"{same:g} too would build the same student twice under two names: drop one")
+            if None in values and same in values:  # the same student under two names: one is enough
+                log.info("search.space.%s: null already means train.%s (%g); the %g listed beside it is dropped",
+                            key, inherited, same, same)
+                values[:] = [v for v in values if v != same]
+                for recipe in self.search.seed_recipes:
+                    if recipe.get(key) == same:
+                        recipe[key] = None
         seen = {"teacher"}
         for i, v in enumerate(self.variants):
             if v.name in seen:
