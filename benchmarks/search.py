@@ -57,7 +57,7 @@ def main() -> int:
     hv = {k: v["hypervolume"] for k, v in studies.items()}
     data = {"trials": a.trials, "samplers": a.samplers, "seconds": seconds, "mlflow_store": uri,
             "teacher": s["teacher"], "best": three(best), "best_detail": best, "hand": three(hand),
-            "hand_detail": hand, "hypervolume": hv,
+            "hand_detail": hand, "seed_recipes": s.get("hand", {}), "hypervolume": hv,
             "studies": {k: {"study": v["study"], "registered": v.get("registered"), "best": v["summary"].get("best")}
                         for k, v in studies.items()},
             "targets": {

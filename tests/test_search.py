@@ -64,6 +64,10 @@ def test_seed_recipe_outside_the_space_names_the_key():
         == [None, 3.0]
     same = load_config("mobile-bert", "quick", ["train.learning_rate=5e-4"]).search
     assert same.space.distill_learning_rate == [None] and same.seed_recipes[0]["distill_learning_rate"] is None
+    hand = load_config("mobile-bert", "quick").search.seed_recipes[0]
+    seeded = {**hand, "distill_learning_rate": 0.0005}  # a seed naming the train section's value gets its null
+    same = load_config("mobile-bert", "quick", ["train.learning_rate=5e-4", f"search.seed_recipes=[{json.dumps(seeded)}]"]).search
+    assert same.seed_recipes[0]["distill_learning_rate"] is None and same.seed_recipes[0]["layers"] == hand["layers"]
     # a seed recipe is one fixed recipe: a key it leaves out is taken from a one-value space, else it is an error
     seed = ("search.seed_recipes=[{layers: 2, layer_pick: spread, temperature: 2.0, alpha: 0.5, hidden_mse: 1.0, "
             "distill_epochs: null, distill_learning_rate: null}]")
