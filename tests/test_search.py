@@ -111,6 +111,32 @@ def test_hypervolume_rewards_a_dominating_front():
         [10.0, 5.0]
 
 
+def test_constraint_violations_share_one_scale_and_a_stopped_trial_ranks_by_its_shortfall():
+    from optuna.samplers._tpe.sampler import _split_trials  # how TPE ranks trials (optuna<5.1 is pinned)
+    from optuna.trial import TrialState, create_trial
+
+    from tasks.core.config import Constraints
+    from tasks.search.trials import constraint_values
+
+    goal = Constraints(max_latency_ms=2.0, max_size_mb=10.0, max_accuracy_drop=0.01)
+    near = constraint_values({"val/accuracy": 0.95, "bench/latency_ms_p50_b1_t1": 2.2, "size/disk_mb": 5.0}, goal, 0.96)
+    assert near == pytest.approx({"latency": 0.1, "size": -0.5, "accuracy_points": 0.0})
+    stopped = constraint_values({"val/accuracy": 0.40}, goal, 0.96)  # stopped after distillation: accuracy alone
+    assert stopped == pytest.approx({"accuracy_points": 55.0})
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    far = constraint_values({"val/accuracy": 0.95, "bench/latency_ms_p50_b1_t1": 6.0, "size/disk_mb": 12.0}, goal, 0.96)
+    made = [create_trial(state=TrialState.COMPLETE, values=[0.95, 2.2], system_attrs={}),
+            create_trial(state=TrialState.PRUNED, system_attrs={}),
+            create_trial(state=TrialState.COMPLETE, values=[0.95, 6.0], system_attrs={})]
+    for t, cons in zip(made, (near, stopped, far)):
+        t.system_attrs.update({f"constraints:{k}": v for k, v in cons.items()})
+        study.add_trial(t)
+    below, _ = _split_trials(study, study.get_trials(), n_below=2)
+    # the near miss and the 3x-too-slow recipe guide the sampler; the hopeless student does not
+    assert sorted(t.number for t in below) == [0, 2]
+    assert study.trials[1].constraints == pytest.approx({"accuracy_points": 55.0})
+
+
 def test_an_interrupted_trial_is_queued_again_not_lost(tmp_path):
     import socket
     import subprocess

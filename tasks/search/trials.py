@@ -97,14 +97,19 @@ def measure(cfg, data_info: dict, model_dir: str, label: str) -> dict:
 
 
 def constraint_values(metrics: dict, constraints, teacher_val_accuracy: float) -> dict[str, float]:
-    """Optuna constraint values (<= 0: satisfied) for the case study's constraints."""
+    """Optuna constraint values (<= 0: satisfied) for the case study's constraints, on one scale: latency and size
+    as the fraction over their limit, accuracy in points over the allowed drop (1 point weighs as a limit overshot
+    by 100 %). The sampler ranks infeasible trials by their summed violation — in raw ms, MB and fractions of
+    accuracy, a recipe 5 points short of the accuracy limit would have counted as 0.05, less than 0.1 ms over the
+    latency one. A missing metric (a trial stopped after distillation has no latency or size yet) is left out."""
     out = {}
-    if constraints.max_latency_ms is not None:
-        out["latency_ms"] = metrics[OBJECTIVES["latency"][0]] - constraints.max_latency_ms
-    if constraints.max_size_mb is not None:
-        out["size_mb"] = metrics[OBJECTIVES["size"][0]] - constraints.max_size_mb
+    lat, size = metrics.get(OBJECTIVES["latency"][0]), metrics.get(OBJECTIVES["size"][0])
+    if constraints.max_latency_ms is not None and lat is not None:
+        out["latency"] = lat / constraints.max_latency_ms - 1
+    if constraints.max_size_mb is not None and size is not None:
+        out["size"] = size / constraints.max_size_mb - 1
     if constraints.max_accuracy_drop is not None:
-        out["accuracy_drop"] = teacher_val_accuracy - metrics["val/accuracy"] - constraints.max_accuracy_drop
+        out["accuracy_points"] = 100 * (teacher_val_accuracy - metrics["val/accuracy"] - constraints.max_accuracy_drop)
     return out
 
 
@@ -211,8 +216,12 @@ def stop_early(cfg, parent: str, base: dict, study, batch: list, chosen: dict, c
         recipe = chosen[t.number]
 
         def tell(run_id, t=t, recipe=recipe, acc=acc):
-            for key, value in {"label": recipe.label(), "run_id": run_id, "student_val_accuracy": acc}.items():
+            cons = constraint_values({"val/accuracy": acc}, cfg.constraints, ref["val/accuracy"])
+            for key, value in {"label": recipe.label(), "run_id": run_id, "student_val_accuracy": acc,
+                               "constraints": cons}.items():
                 t.set_user_attr(key, value)
+            for key, value in cons.items():  # the sampler ranks it among the infeasible by how far it fell short
+                t.set_constraint(key, value)
             study.tell(t, state=TrialState.PRUNED)
 
         log.info("%s %s: stopped after distillation, the student's val accuracy %.4f is below %.4f (teacher %.4f - "
