@@ -6,7 +6,8 @@ Runs `effilm search mobile-bert --trials N --sampler S` once per sampler against
 folder in --work (default a temporary folder): the teacher and any recipe prefix two trials share are built once
 (a later study reuses an earlier study's folders and benchmarks: its wall time is not a cold figure). Every figure
 comes from the studies' own reports (summary.json): hypervolume (objectives relative to the teacher), the best recipe
-under the constraints (chosen on validation, then test-evaluated once) and the hand-written recipe (the seed trial),
+under the constraints (chosen on validation, then test-evaluated once; when none meets them, the nearest miss) and
+the hand-written recipe (the seed trial),
 each as speedup / size ratio / accuracy drop against the fp32 teacher (p50 latency at batch 1, 1 thread, 128 tokens).
 A killed run resumes where it stopped: run it again with the same --work.
 Writes <results-dir>/search.{json,md} and search_front_<sampler>.png.
@@ -55,11 +56,20 @@ def main() -> int:
         return {k: fig.get(k) for k in ("speedup", "size_ratio", "accuracy_drop_points")}
 
     hv = {k: v["hypervolume"] for k, v in studies.items()}
-    data = {"trials": a.trials, "samplers": a.samplers, "seconds": seconds, "mlflow_store": uri,
-            "teacher": s["teacher"], "best": three(best), "best_detail": best, "hand": three(hand),
+    nearest = s.get("nearest", {})  # when no trial met the constraints: the nearest miss, test-evaluated too
+
+    def pick(summary: dict) -> tuple[str, dict]:
+        if summary.get("best"):
+            return "best", summary["best"]
+        return "nearest miss (outside the constraints)", summary.get("nearest") or {}
+
+    data = {"trials": a.trials, "samplers": a.samplers, "overrides": a.set, "seconds": seconds,
+            "trials_wall_seconds": {k: v["summary"].get("trials_wall_seconds") for k, v in studies.items()},
+            "mlflow_store": uri, "teacher": s["teacher"], "best": three(best), "best_detail": best,
+            "nearest": three(nearest), "nearest_detail": nearest, "hand": three(hand),
             "hand_detail": hand, "seed_recipes": s.get("hand", {}), "hypervolume": hv,
-            "studies": {k: {"study": v["study"], "registered": v.get("registered"), "best": v["summary"].get("best")}
-                        for k, v in studies.items()},
+            "studies": {k: {"study": v["study"], "registered": v.get("registered"), "best": v["summary"].get("best"),
+                            "nearest": v["summary"].get("nearest")} for k, v in studies.items()},
             "targets": {
                 "dominates_hand_recipe": bool(best) and bool(hand) and best["latency_ms"] < hand["latency_ms"]
                 and best["size_mb"] < hand["size_mb"] and best["test_accuracy"] >= hand["test_accuracy"],
@@ -70,14 +80,16 @@ def main() -> int:
     for name, fig in (("teacher (fp32)", {"test_accuracy": s["teacher"]["test_accuracy"],
                                           "latency_ms": s["teacher"]["latency_ms"], "size_mb": s["teacher"]["size_mb"],
                                           "runtime_rss_mb": s["teacher"]["runtime_rss_mb"]}),
-                      (f"hand-written: {hand.get('recipe')}", hand), (f"best of {main_sampler}: {best.get('recipe')}", best),
-                      *[(f"best of {k}: {(v['summary'].get('best') or {}).get('recipe')}", v["summary"].get("best") or {})
-                        for k, v in studies.items() if k != main_sampler]):
+                      (f"hand-written: {hand.get('recipe')}", hand),
+                      *[(f"{pick(v['summary'])[0]} of {k}: {pick(v['summary'])[1].get('recipe')}",
+                         pick(v["summary"])[1]) for k, v in studies.items()]):
         rows.append({"recipe": name, **{k: fig.get(k) for k in ("test_accuracy", "latency_ms", "size_mb",
                                                                  "runtime_rss_mb", "speedup", "size_ratio",
                                                                  "accuracy_drop_points")}})
-    md = (f"{a.trials} trials per sampler ({', '.join(a.samplers)}); wall time {seconds} s (the first study builds "
-          "the teacher and its trials cold; later studies reuse any folder an earlier one built).\n\n"
+    md = (f"{a.trials} trials per sampler ({', '.join(a.samplers)}); overrides {a.set or 'none'}; wall time of this "
+          f"invocation {seconds} s, of each study's trials (first start to last end, across resumes) "
+          f"{data['trials_wall_seconds']} s (the first study builds the teacher and its trials cold; later studies "
+          "reuse any folder an earlier one built).\n\n"
           "Test split, latency p50 at batch 1 / 1 thread / 128 tokens, runtime RSS in the runtime's own process:\n\n"
           f"{markdown_table(rows)}\n\nHypervolume (relative to the teacher; larger is better): "
           + ", ".join(f"{k} {v:.4f}" for k, v in hv.items()) + "\n\nTargets: "

@@ -5,7 +5,8 @@ and on the search's benchmark (the reference of every objective) -> open or resu
 at a time: build the recipes (shared prefixes once, in parallel), stop early the students too weak to ever meet the
 accuracy constraint, evaluate on validation, benchmark one at a time, record a nested run -> the front (table, plot,
 hypervolume) -> the best recipe under the constraints, test-evaluated once, registered; the alias moves only if it
-beats the current one.
+beats the current one (when no recipe meets the constraints, the nearest miss is test-evaluated and reported, not
+registered).
 """
 
 from __future__ import annotations
@@ -88,8 +89,10 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
         logger.info("front: %d of %d finished trials; hypervolume %.4f; %s", sum(r["front"] for r in rows),
                     len(rows), hv, choice.message)
 
-        # 6. test-evaluated once: the chosen recipe, the hand-written (seed) recipes and the teacher
+        # 6. test-evaluated once: the chosen recipe (or, when none meets the constraints, the nearest miss), the
+        #    hand-written (seed) recipes and the teacher
         summary = trials.test_summary(cfg, data_info, teacher, ref, rows, choice)
+        summary["trials_wall_seconds"] = studies.wall_seconds(study)
         registered = None
         if choice.chosen is not None and cfg.select.register_model:
             registered = trials.register(cfg, choice.chosen, summary)
@@ -105,8 +108,8 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
                                       "search/trials_complete": sum(r["state"] == "COMPLETE" for r in rows),
                                       "search/trials_stopped_early": sum(r["state"] == "PRUNED" for r in rows),
                                       "flow/seconds": round(time.monotonic() - started, 2),
-                                      **{f"search/best_{k}": v for k, v in summary.get("best", {}).items()
-                                         if isinstance(v, (int, float))}})
+                                      **{f"search/{part}_{k}": v for part in ("best", "nearest")
+                                         for k, v in summary.get(part, {}).items() if isinstance(v, (int, float))}})
         create_markdown_artifact(key="mobile-bert-search", markdown=Path(report["markdown"]).read_text(),
                                  description="mobile-bert recipe search")
     return {"parent_run_id": parent, "study": name, "storage": studies.redacted(storage), "rows": rows,

@@ -7,6 +7,7 @@ import json
 import sqlite3
 
 import optuna
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -121,7 +122,7 @@ def test_constraint_violations_share_one_scale_and_a_stopped_trial_ranks_by_its_
     goal = Constraints(max_latency_ms=2.0, max_size_mb=10.0, max_accuracy_drop=0.01)
     near = constraint_values({"val/accuracy": 0.95, "bench/latency_ms_p50_b1_t1": 2.2, "size/disk_mb": 5.0}, goal, 0.96)
     assert near == pytest.approx({"latency": 0.1, "size": -0.5, "accuracy_points": 0.0})
-    stopped = constraint_values({"val/accuracy": 0.40}, goal, 0.96)  # stopped after distillation: accuracy alone
+    stopped = constraint_values({"val/accuracy": 0.40}, goal, 0.96, partial=True)  # stopped: accuracy alone
     assert stopped == pytest.approx({"accuracy_points": 55.0})
     study = optuna.create_study(directions=["maximize", "minimize"])
     far = constraint_values({"val/accuracy": 0.95, "bench/latency_ms_p50_b1_t1": 6.0, "size/disk_mb": 12.0}, goal, 0.96)
@@ -247,6 +248,23 @@ def test_three_trial_search_end_to_end(tiny_model_dir, mlflow_uri, tmp_path):
     assert len(trial_runs(mlflow_uri)) == 3
     assert main(search_args(tiny_model_dir, out, trials=4)) == 0
     assert sorted(r.data.tags["variant"] for r in trial_runs(mlflow_uri)) == [f"trial-00{i}" for i in range(4)]
+
+    # constraints no trial can meet (a new study; the built folders are reused): nothing is registered, and the
+    # nearest miss is test-evaluated and reported with how far it missed on validation
+    impossible = "{max_latency_ms: 0.001, max_size_mb: 1000, max_accuracy_drop: 1.0}"
+    alias_before = MlflowClient(mlflow_uri).get_model_version_by_alias("effilm-mobile-bert", "mobile").version
+    assert main(search_args(tiny_model_dir, out, constraints=impossible)) == 0
+    missed = [json.loads(p.read_text()) for p in (out / "search").glob("*/summary.json")]
+    missed = [m for m in missed if "nearest" in m["summary"]]
+    assert len(missed) == 1 and "best" not in missed[0]["summary"] and missed[0]["registered"] is None
+    near = missed[0]["summary"]["nearest"]
+    assert near["validation_misses"]["latency_ms"] > 0 and 0 <= near["test_accuracy"] <= 1
+    assert missed[0]["summary"]["trials_wall_seconds"] > 0
+    study_dir = next(p.parent for p in (out / "search").glob("*/summary.json") if "nearest" in p.read_text())
+    trials_csv = pd.read_csv(study_dir / "trials.csv")
+    assert near["trial"] == trials_csv.loc[trials_csv["bench/latency_ms_p50_b1_t1"].idxmin(), "trial"]  # only latency misses
+    assert "eval/accuracy" in MlflowClient(mlflow_uri).get_run(near["run_id"]).data.metrics  # on its own run
+    assert MlflowClient(mlflow_uri).get_model_version_by_alias("effilm-mobile-bert", "mobile").version == alias_before
 
 
 @pytest.mark.integration

@@ -33,6 +33,7 @@ def test_nothing_fits_names_nearest_and_misses():
     assert "no variant meets the constraints" in s.message and "'tiny'" in s.message
     assert s.misses["tiny"]["latency_ms"] == 2 and s.misses["tiny"]["size_mb"] == 4
     assert abs(s.misses["bad"]["accuracy_points"] - 6.9) < 1e-6
+    assert s.nearest == ["tiny", "bad", "int8"]  # misses relative to each limit: 2.7, 7.65, 8.85
     assert "over by" in s.message
 
 

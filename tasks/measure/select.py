@@ -22,6 +22,7 @@ class Selection:
     frontier: list[str]
     message: str
     misses: dict[str, dict[str, float]] = field(default_factory=dict)
+    nearest: list[str] = field(default_factory=list)  # when nothing fits: the nearest variants, nearest first
 
 
 def misses_for(row: dict, constraints: dict, baseline_acc: float) -> dict[str, float]:
@@ -88,7 +89,7 @@ def select(rows: list[dict], constraints: dict, baseline_acc: float, objective: 
         parts.append(f"'{name}' ({'; '.join(over)})")
     msg = (f"no variant meets the constraints ({limits}). Nearest: " + ", ".join(parts) +
            ". Relax constraints.* in the case-study file or add a variant.")
-    return Selection(None, [], [], msg, all_misses)
+    return Selection(None, [], [], msg, all_misses, [name for name, _ in nearest])
 
 
 def register(run_id: str, name: str, alias: str, tags: dict | None = None) -> str:

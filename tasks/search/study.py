@@ -118,6 +118,15 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=FINISHED)
 
 
+def wall_seconds(study: optuna.Study) -> float | None:
+    """From the first finished trial's start to the last one's end, across resumes (idle time between runs
+    included): what the study's trials cost, whichever process ran them."""
+    done = [t for t in finished(study) if t.datetime_start and t.datetime_complete]
+    if not done:
+        return None
+    return round((max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds(), 1)
+
+
 def losses(rows: list[dict], teacher: dict, objectives: list[str]) -> np.ndarray:
     """Objectives as losses relative to the teacher: accuracy drop in points, and latency / size / RSS as a fraction
     of the teacher's — one scale for every study of the same teacher."""

@@ -96,14 +96,15 @@ def measure(cfg, data_info: dict, model_dir: str, label: str) -> dict:
                                   bench_cfg, code=benchmark))["metrics"]
 
 
-def constraint_values(metrics: dict, constraints, teacher_val_accuracy: float) -> dict[str, float]:
+def constraint_values(metrics: dict, constraints, teacher_val_accuracy: float, partial: bool = False) -> dict[str, float]:
     """Optuna constraint values (<= 0: satisfied) for the case study's constraints, on one scale: latency and size
     as the fraction over their limit, accuracy in points over the allowed drop (1 point weighs as a limit overshot
     by 100 %). The sampler ranks infeasible trials by their summed violation — in raw ms, MB and fractions of
     accuracy, a recipe 5 points short of the accuracy limit would have counted as 0.05, less than 0.1 ms over the
-    latency one. A missing metric (a trial stopped after distillation has no latency or size yet) is left out."""
+    latency one. ``partial``: a trial stopped after distillation has no latency or size yet; those are left out."""
     out = {}
-    lat, size = metrics.get(OBJECTIVES["latency"][0]), metrics.get(OBJECTIVES["size"][0])
+    get = metrics.get if partial else metrics.__getitem__
+    lat, size = get(OBJECTIVES["latency"][0]), get(OBJECTIVES["size"][0])
     if constraints.max_latency_ms is not None and lat is not None:
         out["latency"] = lat / constraints.max_latency_ms - 1
     if constraints.max_size_mb is not None and size is not None:
@@ -216,7 +217,7 @@ def stop_early(cfg, parent: str, base: dict, study, batch: list, chosen: dict, c
         recipe = chosen[t.number]
 
         def tell(run_id, t=t, recipe=recipe, acc=acc):
-            cons = constraint_values({"val/accuracy": acc}, cfg.constraints, ref["val/accuracy"])
+            cons = constraint_values({"val/accuracy": acc}, cfg.constraints, ref["val/accuracy"], partial=True)
             for key, value in {"label": recipe.label(), "run_id": run_id, "student_val_accuracy": acc,
                                "constraints": cons}.items():
                 t.set_user_attr(key, value)
@@ -293,7 +294,7 @@ def as_candidates(rows_: list[dict]) -> list[dict]:
 
 def _figures(row: dict, ref: dict, test_acc: float, teacher_test_acc: float) -> dict:
     lat, size, rss = (OBJECTIVES[o][0] for o in ("latency", "size", "runtime_rss"))
-    return {"trial": row["trial"], "recipe": row["recipe"], "test_accuracy": test_acc,
+    return {"trial": row["trial"], "run_id": row["run_id"], "recipe": row["recipe"], "test_accuracy": test_acc,
             "val_accuracy": row["val/accuracy"], "latency_ms": row[lat], "size_mb": row[size],
             "runtime_rss_mb": row.get(rss), "speedup": round(ref[lat] / row[lat], 2),
             "size_ratio": round(ref[size] / row[size], 2),
@@ -301,10 +302,12 @@ def _figures(row: dict, ref: dict, test_acc: float, teacher_test_acc: float) -> 
 
 
 def test_summary(cfg, data_info: dict, teacher_dir: str, ref: dict, rows_: list[dict], choice) -> dict:
-    """The one test evaluation: the chosen recipe, the hand-written (seed) recipes and the teacher; their speedup,
-    size ratio and accuracy drop against the fp32 teacher (latency and size from the search's benchmark)."""
+    """The one test evaluation: the chosen recipe — or, when no trial meets the constraints, the nearest miss (how
+    far a search came is a result too; it is not registered) — the hand-written (seed) recipes and the teacher; their
+    speedup, size ratio and accuracy drop against the fp32 teacher (latency and size from the search's benchmark)."""
     seeds = [r for r in rows_ if r["seed_recipe"] and r["state"] == "COMPLETE"]
-    picked = [choice.chosen] if choice.chosen is not None else []
+    by_label = {trial_label(r["trial"]): r for r in rows_ if r["state"] == "COMPLETE"}
+    picked = [choice.chosen] if choice.chosen is not None else [by_label[n] for n in choice.nearest[:1]]
     targets = {"teacher-fp32": teacher_dir, **{trial_label(r["trial"]): r["model_dir"] for r in [*picked, *seeds]}}
     tests = evaluate_split(cfg, data_info, targets, "test")
     for r in [*picked, *seeds]:
@@ -322,7 +325,10 @@ def test_summary(cfg, data_info: dict, teacher_dir: str, ref: dict, rows_: list[
             best["accuracy_drop_points"] <= 1
         best["dominates_hand"] = {name: best["latency_ms"] < h["latency_ms"] and best["size_mb"] < h["size_mb"]
                                   and best["test_accuracy"] >= h["test_accuracy"] for name, h in summary["hand"].items()}
-        summary["best"] = best
+        if choice.chosen is not None:
+            summary["best"] = best
+        else:  # validation misses (ms, MB, points over each limit), as the selection message gives them
+            summary["nearest"] = {**best, "validation_misses": choice.misses[trial_label(picked[0]["trial"])]}
     return summary
 
 
@@ -383,7 +389,8 @@ def write_report(folder: Path, name: str, rows_: list[dict], ref: dict, hv: floa
           f"{ref[OBJECTIVES['size'][0]]:.1f} MB.", "", f"**Selection (validation)**: {choice.message}", "",
           "## Pareto front", "", front.to_markdown(index=False) if len(front) else "(empty)", "",
           "## Every trial", "", df.to_markdown(index=False) if len(df) else "(none)", "",
-          "## Test (evaluated once: the chosen recipe, the hand-written recipes, the teacher)", "",
+          "## Test (evaluated once: the chosen recipe or, when none meets the constraints, the nearest miss; the "
+          "hand-written recipes; the teacher)", "",
           "```json", json.dumps(summary, indent=2), "```", ""]
     if registered:
         md.append(f"Registered {registered['name']} version {registered['version']}; @{registered['alias']} "
