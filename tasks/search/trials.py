@@ -379,7 +379,8 @@ def write_report(folder: Path, name: str, rows_: list[dict], ref: dict, hv: floa
     df = table(rows_)
     df.to_csv(out / "trials.csv", index=False)
     chosen = choice.chosen["trial"] if choice.chosen is not None else None
-    plot = plot_front(rows_, ref, out / "front.png", chosen, f"{name}: {len(rows_)} trials")
+    plot = plot_front(rows_, ref, out / "front.png", chosen, f"{name}: {len(rows_)} trials",
+                      (summary.get("nearest") or {}).get("trial"))
     front = df[df["front"]] if len(df) and "front" in df else df
     md = [f"# Recipe search `{name}`", "",
           f"{len(rows_)} finished trials ({sum(r['state'] == 'PRUNED' for r in rows_)} stopped early); "
@@ -412,9 +413,11 @@ def table(rows: list[dict]) -> pd.DataFrame:
     return df[[c for c in COLUMNS if c in df.columns]].sort_values("trial") if len(df) else df
 
 
-def plot_front(rows: list[dict], teacher: dict, path: str | Path, chosen: int | None, title: str) -> str:
+def plot_front(rows: list[dict], teacher: dict, path: str | Path, chosen: int | None, title: str,
+               nearest: int | None = None) -> str:
     """Latency vs validation accuracy of every finished trial (marker area ~ size on disk); the front joined, seed
-    (hand-written) recipes as stars, the teacher as a cross, the chosen recipe circled."""
+    (hand-written) recipes as stars, the teacher as a cross, the chosen recipe circled (or, when none met the
+    constraints, the nearest miss in a dashed circle)."""
     from matplotlib.figure import Figure
 
     lat, acc, size = OBJECTIVES["latency"][0], "val/accuracy", OBJECTIVES["size"][0]
@@ -438,6 +441,9 @@ def plot_front(rows: list[dict], teacher: dict, path: str | Path, chosen: int | 
         if r["trial"] == chosen:
             ax.scatter([r[lat]], [r[acc]], s=400, facecolors="none", edgecolors="tab:red", lw=2,
                        label=f"chosen: trial {chosen}", zorder=4)
+        elif chosen is None and r["trial"] == nearest:
+            ax.scatter([r[lat]], [r[acc]], s=400, facecolors="none", edgecolors="tab:red", lw=1.5, linestyles="--",
+                       label=f"nearest miss: trial {nearest} (outside the constraints)", zorder=4)
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency, batch 1, 1 thread (ms, log scale)")
     ax.set_ylabel("validation accuracy")
