@@ -10,7 +10,7 @@ under the constraints (chosen on validation, then test-evaluated once; when none
 the hand-written recipe (the seed trial),
 each as speedup / size ratio / accuracy drop against the fp32 teacher (p50 latency at batch 1, 1 thread, 128 tokens).
 A killed run resumes where it stopped: run it again with the same --work.
-Writes <results-dir>/search.{json,md} and search_front_<sampler>.png.
+Writes <results-dir>/<name>.{json,md} and <name>_front_<sampler>.png (--name, default search).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--samplers", nargs="+", default=["tpe", "random"], choices=["tpe", "nsga2", "random"],
                     help="the first is the search under test; the others are compared with it")
+    ap.add_argument("--name", default="search", help="results file name (e.g. a follow-up with seed recipes)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to `effilm search`")
     a = ap.parse_args()
     work = (a.work or Path(tempfile.mkdtemp(prefix="effilm-search-"))).resolve()
@@ -47,7 +48,7 @@ def main() -> int:
         seconds[sampler] = round(run(cmd, env, work / f"search-{sampler}.log").seconds, 1)
         found = sorted((work / "out" / "search").glob(f"*__{sampler}__*/summary.json"), key=lambda p: p.stat().st_mtime)
         studies[sampler] = json.loads(found[-1].read_text())
-        shutil.copy(found[-1].with_name("front.png"), a.results_dir / f"search_front_{sampler}.png")
+        shutil.copy(found[-1].with_name("front.png"), a.results_dir / f"{a.name}_front_{sampler}.png")
     main_sampler = a.samplers[0]
     s = studies[main_sampler]["summary"]
     best, hand = s.get("best", {}), next(iter(s.get("hand", {}).values()), {})
@@ -94,8 +95,8 @@ def main() -> int:
           f"{markdown_table(rows)}\n\nHypervolume (relative to the teacher; larger is better): "
           + ", ".join(f"{k} {v:.4f}" for k, v in hv.items()) + "\n\nTargets: "
           + "; ".join(f"{k} → {'met' if v else 'MISSED'}" for k, v in data["targets"].items()) + "\n\n"
-          + " ".join(f"![{k}](search_front_{k}.png)" for k in a.samplers) + "\n")
-    write_results("search", data, md, a.results_dir)
+          + " ".join(f"![{k}]({a.name}_front_{k}.png)" for k in a.samplers) + "\n")
+    write_results(a.name, data, md, a.results_dir)
     return 0
 
 

@@ -9,8 +9,8 @@ PT2E quantizer cannot trace. For BERT layers and pooler its last block computes 
 row, keys and values from every row): the pooler reads nothing else, so fp32 logits are the same and that block's
 query, output projection and FFN do 1/seq_len of the work (a 1-layer student: most of its time); int8 logits stay
 within quantization error (dynamic activation scales of those projections now come from that row). Other layer types
-(MobileBERT's bottlenecks, remote code) run whole, as before. ``tasks/measure/runtimes.py`` runs the exported files *in their runtime*, so they are
-evaluated and benchmarked exactly like eager models.
+(MobileBERT's bottlenecks, remote code) run whole, as before. ``tasks/measure/runtimes.py`` runs the exported files
+*in their runtime*, so they are evaluated and benchmarked exactly like eager models.
 """
 
 from __future__ import annotations
@@ -62,13 +62,12 @@ class ClassifierGraph(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h = self.embeddings(input_ids=input_ids)
         mask = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * -10000.0
-        if not self.cls_row_only:
-            for layer in self.layers:
-                h = layer(h, mask)
-            return self.classifier(self.pooler(h))
-        for layer in self.layers[:-1]:
+        whole = self.layers[:-1] if self.cls_row_only else self.layers
+        for layer in whole:
             h = layer(h, mask)
-        return self.classifier(self.pooler(cls_row_of_layer(self.layers[-1], h, mask)))
+        if self.cls_row_only:
+            h = cls_row_of_layer(self.layers[-1], h, mask)
+        return self.classifier(self.pooler(h))
 
 
 def _example(tokenizer, seq_len: int, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -456,7 +456,7 @@ class MobileBertConfig(Strict):
             values, same = getattr(self.search.space, key), getattr(self.train, inherited)
             if None in values and same in values:  # the same student under two names: one is enough
                 log.info("search.space.%s: null already means train.%s (%g); the %g listed beside it is dropped",
-                            key, inherited, same, same)
+                         key, inherited, same, same)
                 values[:] = [v for v in values if v != same]
                 for recipe in self.search.seed_recipes:
                     if recipe.get(key) == same:
