@@ -22,17 +22,17 @@ from flows.mobile_bert import STUDY, fine_tune_teacher
 from tasks.core import config, tracking, train
 from tasks.core.orchestrate import call, stable_hash, work_dir
 from tasks.measure import select
-from tasks.search import study as studies, trials
+from tasks.search import recipes, study as studies, trials
 
 
 def study_name(cfg) -> str:
     """Default study name: the case study, profile and sampler, and a hash of everything a trial's result depends
-    on (space, objectives, constraints, model, data, training, benchmark) and the output folder that holds its
-    models — not the budget, so a study can grow."""
+    on (space and how trials sample it, objectives, constraints, model, data, training, benchmark) and the output
+    folder that holds its models — not the budget, so a study can grow."""
     s = cfg.search
-    key = stable_hash(s.space, s.objectives, s.seed_recipes, s.early_stop_margin, s.benchmark, s.seed, cfg.constraints,
-                      cfg.model, cfg.data, cfg.train, cfg.evaluate, cfg.seed, str(Path(cfg.output_dir).resolve()),
-                      length=10)
+    key = stable_hash(recipes.PARAMS_VERSION, s.space, s.objectives, s.seed_recipes, s.early_stop_margin, s.benchmark,
+                      s.seed, cfg.constraints, cfg.model, cfg.data, cfg.train, cfg.evaluate, cfg.seed,
+                      str(Path(cfg.output_dir).resolve()), length=10)
     return f"{STUDY}/{cfg.profile}/{s.sampler}/{key}"
 
 
@@ -58,6 +58,8 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
         trials.record(cfg, parent, base, "teacher-fp32", None, "baseline", ref, {"search.role": "reference"})
 
         # 3. the study: created, or resumed where a killed search stopped
+        dirs, layers = {"teacher": teacher}, trials.teacher_layers(teacher)
+        trials.check_space(s.space, layers)
         name = s.study_name or study_name(cfg)
         storage = studies.storage_url(tracking.tracking_uri(), out, s.storage)
         study = studies.open_study(name, storage, s)
@@ -66,7 +68,8 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
         if recovered:
             logger.warning("resuming study %s: trial(s) %s were interrupted and are queued again", name, recovered)
         for recipe in s.seed_recipes:
-            study.enqueue_trial(recipe, user_attrs={"seed_recipe": True}, skip_if_exists=True)
+            study.enqueue_trial(recipes.to_params(recipe, s.space, layers), user_attrs={"seed_recipe": True},
+                                skip_if_exists=True)
         tracking.set_tags(parent, {"search.study": name, "search.storage": studies.redacted(storage),
                                    "search.sampler": s.sampler, "search.objectives": ",".join(s.objectives)})
         logger.info("study %s (%s, %s): %d of %d trials finished", name, s.sampler, studies.redacted(storage),
@@ -74,8 +77,6 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
 
         # 4. trials, a batch at a time: builds and evaluations in parallel, benchmarks one at a time
         context = {"data": data_info, "train": cfg.train, "seed": cfg.seed}
-        dirs, layers = {"teacher": teacher}, trials.teacher_layers(teacher)
-        trials.check_space(s.space, layers)
         deadline = started + 60 * s.time_budget_minutes if s.time_budget_minutes else None
         while (left := s.trials - len(studies.finished(study))) > 0 and (deadline is None or time.monotonic() < deadline):
             trials.run_batch(cfg, parent, base, study, [study.ask() for _ in range(min(cfg.execution.max_workers, left))],

@@ -31,6 +31,26 @@ def test_kept_layers():
         recipes.kept_layers(6, "spread", 6)
 
 
+def test_the_sampler_sees_each_distinct_model_once():
+    space = SearchConfig().space.model_copy(update={"layers": [1, 2, 3], "layer_pick": ["spread", "bottom", "top"],
+                                                    "vocab_trim": [True, False], "vocab_min_count": [1, 3]})
+    dims = recipes.dimensions(space, 6)
+    # 1 layer spread keeps layer 0, as bottom does: one student, under bottom's name
+    assert dims["student"] == ["1L-bottom", "1L-top", "2L-bottom", "2L-top", "2L-spread", "3L-bottom", "3L-top",
+                               "3L-spread"]
+    assert dims["vocab"] == ["off", ">=1", ">=3"]  # trimmed or not, and how far: one choice
+    assert not set(recipes.GROUPED) & set(dims) and set(dims) - {"student", "vocab"} < set(SearchConfig().space.model_fields)
+    # a recipe and its params, both ways; a seed naming 1 layer spread is the bottom student
+    r = recipe(layers=1, layer_pick="top", vocab_trim=True, vocab_min_count=3)
+    params = recipes.to_params(r.model_dump(), space, 6)
+    assert params["student"] == "1L-top" and params["vocab"] == ">=3" and recipes.from_params(params, space) == r
+    assert recipes.to_params(recipe(layers=1, layer_pick="spread").model_dump(), space, 6)["student"] == "1L-bottom"
+    off = recipes.from_params({**params, "vocab": "off"}, space)
+    assert not off.vocab_trim and off.vocab_min_count == 1 and "vocab" not in off.label()
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    assert recipes.suggest(trial, space, 6).layers in (1, 2, 3) and set(trial.params) == set(dims)
+
+
 def test_recipes_that_share_a_prefix_share_its_variants():
     a = recipes.variants(recipe(), 6, 128)
     b = recipes.variants(recipe(runtime="torch-int8"), 6, 128)
@@ -149,11 +169,11 @@ def test_an_interrupted_trial_is_queued_again_not_lost(tmp_path):
     cfg = SearchConfig(sampler="random")
     study = studies.open_study("s", storage, cfg)
     done = study.ask()
-    recipes.suggest(done, cfg.space)
+    recipes.suggest(done, cfg.space, 6)
     study.tell(done, [0.9, 3.0, 10.0, 100.0])
-    study.enqueue_trial({"layers": 3, "runtime": "onnx-int8"}, user_attrs={"seed_recipe": True})
+    study.enqueue_trial({"student": "3L-spread", "runtime": "onnx-int8"}, user_attrs={"seed_recipe": True})
     interrupted = study.ask()  # the enqueued seed recipe
-    r = recipes.suggest(interrupted, cfg.space)
+    r = recipes.suggest(interrupted, cfg.space, 6)
     interrupted.set_user_attr("owner", {"host": socket.gethostname(), "pid": dead.pid})  # ... its process died
     live = study.ask()
     studies.claim(live)  # this process: alive, so not recovered
@@ -165,7 +185,7 @@ def test_an_interrupted_trial_is_queued_again_not_lost(tmp_path):
     assert states[interrupted.number] == optuna.trial.TrialState.FAIL
     assert states[live.number] == states[elsewhere.number] == optuna.trial.TrialState.RUNNING
     retry = again.ask()
-    assert recipes.suggest(retry, cfg.space) == r and r.layers == 3 and r.runtime == "onnx-int8"
+    assert recipes.suggest(retry, cfg.space, 6) == r and r.layers == 3 and r.runtime == "onnx-int8"
     assert retry.user_attrs["retry_of"] == interrupted.number and retry.user_attrs["seed_recipe"]
     assert len(studies.finished(again)) == 1
 
@@ -212,7 +232,7 @@ def test_three_trial_search_end_to_end(tiny_model_dir, mlflow_uri, tmp_path):
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'mlflow.optuna.db'}")
     finished = studies.finished(study)
     assert len(finished) == 3 and finished[0].user_attrs["seed_recipe"]  # the hand recipe went first
-    hand = {"layers": 1, "layer_pick": "bottom", "heads_fraction": 0.5, "ffn_fraction": 0.5, "runtime": "onnx-int8"}
+    hand = {"student": "1L-bottom", "heads_fraction": 0.5, "ffn_fraction": 0.5, "runtime": "onnx-int8", "vocab": "off"}
     assert {k: finished[0].params[k] for k in hand} == hand
 
     runs = trial_runs(mlflow_uri)
@@ -229,8 +249,8 @@ def test_three_trial_search_end_to_end(tiny_model_dir, mlflow_uri, tmp_path):
         if r.data.params["recipe.runtime"] == "onnx-int8":  # ONNX Runtime alone, without torch in the process
             assert r.data.metrics["bench/runtime_rss_includes_torch"] == 0.0
             assert r.data.metrics["bench/runtime_rss_mb"] < teacher.data.metrics["bench/runtime_rss_mb"] / 2
-    # every distinct student (layer_pick) was distilled once, however many trials used it
-    picks = {t.params["layer_pick"] for t in finished}
+    # every distinct student was distilled once, however many trials used it
+    picks = {t.params["student"] for t in finished}
     manifests = [json.loads(p.read_text()) for p in (out / "variants").glob("*/effilm.json")]
     assert len([m for m in manifests if "distilled_from" in m]) == len(picks)
 

@@ -47,9 +47,52 @@ class Recipe(BaseModel):
                 f"{prune.replace('%', '')} / {self.runtime}")
 
 
-def suggest(trial, space: SearchSpace) -> Recipe:
-    """Ask an Optuna trial for a recipe: one categorical choice per space key (a one-value list fixes the key)."""
-    return Recipe(**{key: trial.suggest_categorical(key, list(getattr(space, key))) for key in SearchSpace.model_fields})
+PARAMS_VERSION = 2  # a trial's params: `student` and `vocab` grouped (1: one per space key); part of study names
+GROUPED = ("layers", "layer_pick", "vocab_trim", "vocab_min_count")  # sampled as `student` and `vocab`
+
+
+def students(space: SearchSpace, total: int) -> dict[tuple[int, ...], str]:
+    """The distinct students of the space, {kept layers: name}: ``layers`` x ``layer_pick`` less the pairs that keep
+    the same layers (1 layer spread is layer 0, the bottom one), each named once (``1L-bottom``, ``3L-spread``)."""
+    out: dict[tuple[int, ...], str] = {}
+    for k in space.layers:
+        for pick in sorted(space.layer_pick, key=lambda p: p == "spread"):  # a spread equal to bottom/top: their name
+            out.setdefault(tuple(kept_layers(k, pick, total)), f"{k}L-{pick}")
+    return out
+
+
+def dimensions(space: SearchSpace, total: int) -> dict[str, list]:
+    """The sampler's categorical dimensions. Each space key is one, except two pairs whose combinations would build
+    the same model under two names (and steer the sampler toward it twice): the student (layers and which) and the
+    vocabulary (``off``, or trimmed to tokens seen ``>=N`` times)."""
+    vocab = (["off"] if False in space.vocab_trim else []) + \
+        ([f">={m}" for m in space.vocab_min_count] if True in space.vocab_trim else [])
+    rest = {key: list(getattr(space, key)) for key in SearchSpace.model_fields if key not in GROUPED}
+    return {"student": list(students(space, total).values()), **rest, "vocab": vocab}
+
+
+def from_params(params: dict, space: SearchSpace) -> Recipe:
+    """A trial's params (``dimensions``' keys) as the recipe."""
+    p = dict(params)
+    layers, pick = p.pop("student").split("L-")
+    vocab = p.pop("vocab")
+    trim = vocab != "off"
+    return Recipe(layers=int(layers), layer_pick=pick, vocab_trim=trim,
+                  vocab_min_count=int(vocab[2:]) if trim else space.vocab_min_count[0], **p)
+
+
+def to_params(recipe: dict, space: SearchSpace, total: int) -> dict:
+    """A recipe (space keys -> one value, e.g. a seed recipe) as a trial's params, for ``enqueue_trial``."""
+    p = {k: v for k, v in recipe.items() if k not in GROUPED}
+    p["student"] = students(space, total)[tuple(kept_layers(recipe["layers"], recipe["layer_pick"], total))]
+    p["vocab"] = f">={recipe['vocab_min_count']}" if recipe["vocab_trim"] else "off"
+    return p
+
+
+def suggest(trial, space: SearchSpace, total: int) -> Recipe:
+    """Ask an Optuna trial for a recipe: one categorical choice per dimension (a one-value list fixes it)."""
+    return from_params({key: trial.suggest_categorical(key, values)
+                        for key, values in dimensions(space, total).items()}, space)
 
 
 def kept_layers(k: int, pick: str, total: int) -> list[int]:

@@ -168,7 +168,7 @@ def run_batch(cfg, parent: str, base: dict, study, batch: list, dirs: dict, laye
     s = cfg.search
     for t in batch:
         studies.claim(t)
-    chosen = {t.number: suggest(t, s.space) for t in batch}
+    chosen = {t.number: suggest(t, s.space, layers) for t in batch}
     chains = {n: variants(r, layers, s.benchmark.seq_len) for n, r in chosen.items()}
     broken = build(cfg, chains, dirs, context, upto=1)  # the distilled students first
     alive = stop_early(cfg, parent, base, study, [t for t in batch if t.number not in broken], chosen, chains, dirs,
