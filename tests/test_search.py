@@ -190,6 +190,20 @@ def test_an_interrupted_trial_is_queued_again_not_lost(tmp_path):
     assert len(studies.finished(again)) == 1
 
 
+def test_a_study_of_an_earlier_params_version_is_not_resumed(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    old = optuna.create_study(study_name="old", storage=storage, directions=["maximize", "minimize"])
+    old.enqueue_trial({"layers": 3, "layer_pick": "spread"})  # params per space key, as before `student` / `vocab`
+    old.ask()
+    with pytest.raises(ConfigError) as e:
+        studies.open_study("old", storage, SearchConfig(objectives=["accuracy", "latency"]))
+    assert e.value.key == "search.study_name" and "params version 1" in e.value.message
+    new = studies.open_study("new", storage, SearchConfig(objectives=["accuracy", "latency"]))
+    new.ask()
+    assert studies.open_study("new", storage, SearchConfig(objectives=["accuracy", "latency"])).user_attrs[
+        "params_version"] == recipes.PARAMS_VERSION  # this version's own study resumes
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 SPACE = ("{layers: [1], layer_pick: [bottom, top], temperature: [2.0], alpha: [0.5], hidden_mse: [0.0], "

@@ -75,6 +75,17 @@ def open_study(name: str, storage: str, cfg: SearchConfig) -> optuna.Study:
         raise ConfigError("effilm search", "search.study_name",
                           f"study '{name}' is being searched by process {owner['pid']} on this host; wait for it, "
                           "or give this search another search.study_name")
+    from tasks.search.recipes import PARAMS_VERSION
+
+    version = study.user_attrs.get("params_version")
+    if version is None and study.get_trials(deepcopy=False):
+        version = 1  # a study of an effilm before the params version was recorded
+    if version not in (None, PARAMS_VERSION):
+        raise ConfigError("effilm search", "search.study_name",
+                          f"study '{name}' was begun by an earlier effilm whose trials name their recipes differently "
+                          f"(params version {version}, this one {PARAMS_VERSION}): its trials cannot be resumed; "
+                          "give this search another search.study_name (or leave it unset)")
+    study.set_user_attr("params_version", PARAMS_VERSION)
     study.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
     return study
 
