@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tasks.core.config import ConfigError, SearchConfig
+from tasks.search.recipes import PARAMS_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,6 @@ def open_study(name: str, storage: str, cfg: SearchConfig) -> optuna.Study:
         raise ConfigError("effilm search", "search.study_name",
                           f"study '{name}' is being searched by process {owner['pid']} on this host; wait for it, "
                           "or give this search another search.study_name")
-    from tasks.search.recipes import PARAMS_VERSION
-
     version = study.user_attrs.get("params_version")
     if version is None and study.get_trials(deepcopy=False):
         version = 1  # a study of an effilm before the params version was recorded
