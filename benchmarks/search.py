@@ -2,7 +2,8 @@
 
     python benchmarks/search.py [--work DIR] [--trials 24] [--samplers tpe random] [--set KEY=VALUE ...]
 
-Runs `effilm search mobile-bert --trials N --sampler S` once per sampler against one MLflow store and one output
+Runs `effilm search mobile-bert --trials N --sampler S` once per sampler (the first with the profile's follow-ups,
+the baselines with `search.follow_ups=0`: random search is the sampler alone) against one MLflow store and one output
 folder in --work (default a temporary folder): the teacher and any recipe prefix two trials share are built once
 (a later study reuses an earlier study's folders and benchmarks: its wall time is not a cold figure). Every figure
 comes from the studies' own reports (summary.json): hypervolume (objectives relative to the teacher), the best recipe
@@ -45,6 +46,8 @@ def main() -> int:
                "--set", f"output_dir={work / 'out'}"]
         for s in a.set:
             cmd += ["--set", s]
+        if sampler != a.samplers[0]:  # a baseline is its sampler alone: no follow-ups
+            cmd += ["--set", "search.follow_ups=0"]
         seconds[sampler] = round(run(cmd, env, work / f"search-{sampler}.log").seconds, 1)
         found = sorted((work / "out" / "search").glob(f"*__{sampler}__*/summary.json"), key=lambda p: p.stat().st_mtime)
         studies[sampler] = json.loads(found[-1].read_text())
@@ -70,7 +73,8 @@ def main() -> int:
             "nearest": three(nearest), "nearest_detail": nearest, "hand": three(hand),
             "hand_detail": hand, "seed_recipes": s.get("hand", {}), "hypervolume": hv,
             "studies": {k: {"study": v["study"], "registered": v.get("registered"), "best": v["summary"].get("best"),
-                            "nearest": v["summary"].get("nearest")} for k, v in studies.items()},
+                            "nearest": v["summary"].get("nearest"), "follow_ups": v["summary"].get("follow_ups", [])}
+                        for k, v in studies.items()},
             "targets": {
                 "dominates_hand_recipe": bool(best) and bool(hand) and best["latency_ms"] < hand["latency_ms"]
                 and best["size_mb"] < hand["size_mb"] and best["test_accuracy"] >= hand["test_accuracy"],
@@ -95,6 +99,11 @@ def main() -> int:
           f"{markdown_table(rows)}\n\nHypervolume (relative to the teacher; larger is better): "
           + ", ".join(f"{k} {v:.4f}" for k, v in hv.items()) + "\n\nTargets: "
           + "; ".join(f"{k} → {'met' if v else 'MISSED'}" for k, v in data["targets"].items()) + "\n\n"
+          + "".join(f"Follow-ups of {k} (a trial within the accuracy limit re-tried with the cheapest tail): "
+                    + (", ".join(f"trial {f['trial']} of trial {f['of']} ({f['recipe']}; "
+                                 f"{'inside' if f['feasible'] else 'outside'} the constraints)" for f in fu)
+                       or "none") + "\n\n"
+                    for k, v in studies.items() if (fu := v["summary"].get("follow_ups")) is not None)
           + " ".join(f"![{k}]({a.name}_front_{k}.png)" for k in a.samplers) + "\n")
     write_results(a.name, data, md, a.results_dir)
     return 0

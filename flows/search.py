@@ -2,7 +2,8 @@
 
 Recipe: load data -> the teacher (the same cached fine-tune as `effilm run mobile-bert`) -> the teacher on validation
 and on the search's benchmark (the reference of every objective) -> open or resume the Optuna study -> trials, a batch
-at a time: build the recipes (shared prefixes once, in parallel), stop early the students too weak to ever meet the
+at a time (once the startup trials are in, a promising student is followed up with the cheapest tail): build the
+recipes (shared prefixes once, in parallel), stop early the students too weak to ever meet the
 accuracy constraint, evaluate on validation, benchmark one at a time, record a nested run -> the front (table, plot,
 hypervolume) -> the best recipe under the constraints, test-evaluated once, registered; the alias moves only if it
 beats the current one (when no recipe meets the constraints, the nearest miss is test-evaluated and reported, not
@@ -22,7 +23,7 @@ from flows.mobile_bert import STUDY, fine_tune_teacher
 from tasks.core import config, tracking, train
 from tasks.core.orchestrate import call, stable_hash, work_dir
 from tasks.measure import select
-from tasks.search import recipes, study as studies, trials
+from tasks.search import follow_ups, recipes, study as studies, trials
 
 
 def study_name(cfg) -> str:
@@ -30,9 +31,9 @@ def study_name(cfg) -> str:
     on (space and how trials sample it, objectives, constraints, model, data, training, benchmark) and the output
     folder that holds its models — not the budget, so a study can grow."""
     s = cfg.search
-    key = stable_hash(recipes.PARAMS_VERSION, s.space, s.objectives, s.seed_recipes, s.early_stop_margin, s.benchmark,
-                      s.seed, cfg.constraints, cfg.model, cfg.data, cfg.train, cfg.evaluate, cfg.seed,
-                      str(Path(cfg.output_dir).resolve()), length=10)
+    key = stable_hash(recipes.PARAMS_VERSION, s.space, s.objectives, s.seed_recipes, s.follow_ups, s.startup_trials,
+                      s.early_stop_margin, s.benchmark, s.seed, cfg.constraints, cfg.model, cfg.data, cfg.train,
+                      cfg.evaluate, cfg.seed, str(Path(cfg.output_dir).resolve()), length=10)
     return f"{STUDY}/{cfg.profile}/{s.sampler}/{key}"
 
 
@@ -79,6 +80,7 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
         context = {"data": data_info, "train": cfg.train, "seed": cfg.seed}
         deadline = started + 60 * s.time_budget_minutes if s.time_budget_minutes else None
         while (left := s.trials - len(studies.finished(study))) > 0 and (deadline is None or time.monotonic() < deadline):
+            follow_ups.queue(study, cfg, layers, ref)  # a promising student again, with the cheapest tail (asked first)
             trials.run_batch(cfg, parent, base, study, [study.ask() for _ in range(min(cfg.execution.max_workers, left))],
                              dirs, layers, context, data_info, ref)
 
@@ -94,6 +96,7 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
         #    hand-written (seed) recipes and the teacher
         summary = trials.test_summary(cfg, data_info, teacher, ref, rows, choice)
         summary["trials_wall_seconds"] = studies.wall_seconds(study)
+        summary["follow_ups"] = follow_ups.report(rows)
         registered = None
         if choice.chosen is not None and cfg.select.register_model:
             registered = trials.register(cfg, choice.chosen, summary)
@@ -108,6 +111,7 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
         tracking.log_metrics(parent, {"search/hypervolume": hv, "search/trials_finished": len(rows),
                                       "search/trials_complete": sum(r["state"] == "COMPLETE" for r in rows),
                                       "search/trials_stopped_early": sum(r["state"] == "PRUNED" for r in rows),
+                                      "search/follow_ups": len(summary["follow_ups"]),
                                       "flow/seconds": round(time.monotonic() - started, 2),
                                       **{f"search/{part}_{k}": v for part in ("best", "nearest")
                                          for k, v in summary.get(part, {}).items() if isinstance(v, (int, float))}})

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from flows.cli import main
 from tasks.core.config import ConfigError, SearchConfig, load_config
-from tasks.search import recipes, study as studies
+from tasks.search import recipes, study as studies, trials
 
 
 def recipe(**kw) -> recipes.Recipe:
@@ -204,6 +204,56 @@ def test_a_study_of_an_earlier_params_version_is_not_resumed(tmp_path):
         "params_version"] == recipes.PARAMS_VERSION  # this version's own study resumes
 
 
+def test_a_promising_student_is_followed_up_with_the_cheapest_tail():
+    """A trial within the accuracy limit that misses latency or size is re-tried with the strongest vocabulary trim
+    and the best trial's runtime; not a trial that misses latency in that runtime already, not one below the
+    accuracy limit; at most `follow_ups`, one source once, never a recipe the study has seen."""
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from tasks.search import follow_ups
+
+    cfg = load_config("mobile-bert", "quick", ["constraints.max_latency_ms=1.0", "constraints.max_size_mb=9.0",
+                                               "constraints.max_accuracy_drop=0.01", "search.startup_trials=4",
+                                               "search.follow_ups=2"])
+    s = cfg.search
+    dims = recipes.dimensions(s.space, 6)
+    ref = {"val/accuracy": 0.98, "bench/latency_ms_p50_b1_t1": 23.0, "size/disk_mb": 90.9, "bench/runtime_rss_mb": 620.0}
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize", "minimize"])
+
+    def add(student, runtime, vocab, acc, ms, mb, **extra):
+        params = {**{k: v[0] for k, v in dims.items()}, "student": student, "runtime": runtime, "vocab": vocab, **extra}
+        metrics = {"val/accuracy": acc, "bench/latency_ms_p50_b1_t1": ms, "size/disk_mb": mb,
+                   "bench/runtime_rss_mb": 100.0}
+        cons = trials.constraint_values(metrics, cfg.constraints, ref["val/accuracy"])
+        study.add_trial(create_trial(
+            state=TrialState.COMPLETE, values=[acc, ms, mb, 100.0], params=params,
+            distributions={k: CategoricalDistribution(v) for k, v in dims.items()},
+            user_attrs={"label": student, "metrics": metrics, "constraints": cons, "run_id": "r", "model_dir": "d"}))
+
+    add("3L-spread", "onnx-int8", ">=1", 0.975, 2.3, 11.5)   # 0: the hand recipe, the nearest miss
+    add("1L-top", "pte-int8", ">=1", 0.973, 0.48, 34.2)      # 1: fast enough, too big
+    add("4L-bottom", "torch-fp32", "off", 0.977, 8.6, 38.0)  # 2: slow and big
+    assert follow_ups.candidate(study, cfg, 6, ref) is None  # the startup trials are not all in
+    add("1L-bottom", "torch-fp32", "off", 0.95, 2.0, 35.0)   # 3: 3 points below the teacher: no tail brings them back
+    number, params = follow_ups.candidate(study, cfg, 6, ref)
+    # trial 1 goes first (within the latency limit), in trial 0's runtime, the vocabulary cut to tokens seen 3 times;
+    # trial 0 already runs in that runtime and misses latency: a smaller vocabulary would not make it faster
+    assert number == 1 and params == {**study.trials[1].params, "runtime": "onnx-int8", "vocab": ">=3"}
+    assert follow_ups.queue(study, cfg, 6, ref) == 1
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and follow_ups.params_of(waiting[0]) == params
+    assert follow_ups.candidate(study, cfg, 6, ref)[0] == 2  # 1 is followed up (queued): the next is 2
+    add("4L-bottom", "onnx-int8", ">=3", 0.977, 3.1, 9.5)    # 5: ... whose follow-up the sampler drew itself
+    assert follow_ups.candidate(study, cfg, 6, ref) is None  # a recipe the study has seen is not tried again
+    study.enqueue_trial({**study.trials[2].params, "runtime": "torch-int8"}, user_attrs={"follow_up_of": 2})
+    add("1L-top", "torch-fp32", "off", 0.976, 0.9, 30.0, temperature=dims["temperature"][1])  # 7: a new candidate,
+    assert follow_ups.candidate(study, cfg, 6, ref) is None  # but the budget of 2 follow-ups is spent
+    more = cfg.model_copy(update={"search": s.model_copy(update={"follow_ups": 3})})
+    assert follow_ups.candidate(study, more, 6, ref)[0] == 7
+    assert follow_ups.strongest_vocab(s.space.model_copy(update={"vocab_trim": [False]}), 6) == "off"
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 SPACE = ("{layers: [1], layer_pick: [bottom, top], temperature: [2.0], alpha: [0.5], hidden_mse: [0.0], "
@@ -287,7 +337,9 @@ def test_three_trial_search_end_to_end(tiny_model_dir, mlflow_uri, tmp_path):
     # nearest miss is test-evaluated and reported with how far it missed on validation
     impossible = "{max_latency_ms: 0.001, max_size_mb: 1000, max_accuracy_drop: 1.0}"
     alias_before = MlflowClient(mlflow_uri).get_model_version_by_alias("effilm-mobile-bert", "mobile").version
-    assert main(search_args(tiny_model_dir, out, constraints=impossible)) == 0
+    two_runtimes = HAND[:-1] + ", {layers: 1, layer_pick: top, heads_fraction: 0.0, ffn_fraction: 0.0, " \
+        "vocab_min_count: 1, runtime: torch-fp32}]"
+    assert main(search_args(tiny_model_dir, out, constraints=impossible, **{"search.seed_recipes": two_runtimes})) == 0
     missed = [json.loads(p.read_text()) for p in (out / "search").glob("*/summary.json")]
     missed = [m for m in missed if "nearest" in m["summary"]]
     assert len(missed) == 1 and "best" not in missed[0]["summary"] and missed[0]["registered"] is None
@@ -299,6 +351,15 @@ def test_three_trial_search_end_to_end(tiny_model_dir, mlflow_uri, tmp_path):
     assert near["trial"] == trials_csv.loc[trials_csv["bench/latency_ms_p50_b1_t1"].idxmin(), "trial"]  # only latency misses
     assert "eval/accuracy" in MlflowClient(mlflow_uri).get_run(near["run_id"]).data.metrics  # on its own run
     assert MlflowClient(mlflow_uri).get_model_version_by_alias("effilm-mobile-bert", "mobile").version == alias_before
+    # every trial misses latency: after the two (startup) seeds, the one not in the nearest miss's runtime is
+    # followed up in that runtime, on its built student
+    (follow,) = missed[0]["summary"]["follow_ups"]
+    assert follow["trial"] == 2 and follow["of"] in (0, 1) and trials_csv["follow_up_of"].notna().sum() == 1
+    study = optuna.load_study(study_name=missed[0]["study"], storage=f"sqlite:///{tmp_path / 'mlflow.optuna.db'}")
+    source, again = study.trials[follow["of"]].params, study.trials[2].params
+    assert again == {**source, "runtime": study.trials[1 - follow["of"]].params["runtime"]} != source
+    run = [r for r in trial_runs(mlflow_uri) if r.info.run_id == study.trials[2].user_attrs["run_id"]][0]
+    assert run.data.tags["search.follow_up_of"] == str(follow["of"])
 
 
 @pytest.mark.integration

@@ -386,7 +386,8 @@ class SearchConfig(Strict):
         "tpe", description="tpe: Optuna's multi-objective TPE (learns from the first trials: right for budgets of "
         "tens of trials); nsga2: evolutionary (needs generations of ~population_size trials); random: the baseline")
     population_size: int = Field(8, ge=2, description="nsga2 only: trials per generation")
-    startup_trials: int = Field(6, ge=1, description="tpe only: random trials before the model takes over")
+    startup_trials: int = Field(6, ge=1, description="tpe: random trials before the model takes over; every "
+                                "sampler: follow-ups begin once this many trials have finished")
     seed: int = 0
     objectives: list[Literal[OBJECTIVES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["accuracy", "latency", "size", "runtime_rss"], min_length=2,
@@ -395,6 +396,12 @@ class SearchConfig(Strict):
     seed_recipes: list[dict[str, Any]] = Field(
         default_factory=list, description="recipes (space keys -> one value) tried first, e.g. the hand-written one; "
         "they count toward the trials")
+    follow_ups: int = Field(
+        6, ge=0, description="at most this many follow-up trials (they count toward the trials): once the startup "
+        "trials are in, a trial that meets the accuracy constraint but misses latency or size is tried again with "
+        "the tail that shrinks a model most cheaply — the vocabulary trimmed as far as the space allows and the "
+        "runtime of the best trial so far — on its already built student (an export and a benchmark, no "
+        "distillation); one a batch; 0: the sampler alone")
     early_stop_margin: float | None = Field(
         0.02, ge=0, le=1, description="stop a trial after distillation when the student's validation accuracy is "
         "below teacher - constraints.max_accuracy_drop - this margin (later steps only remove capacity); null: never")

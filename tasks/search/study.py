@@ -118,7 +118,7 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
             log.warning("trial %d was interrupted %d times: not queued again", t.number, retries + 1)
             continue
         params = {**t.system_attrs.get("fixed_params", {}), **t.params}
-        attrs = {k: v for k, v in t.user_attrs.items() if k in ("seed_recipe",)}
+        attrs = {k: v for k, v in t.user_attrs.items() if k in ("seed_recipe", "follow_up_of")}
         study.enqueue_trial(params, user_attrs={**attrs, "retry_of": t.number, "retries": retries + 1})
         recovered.append(t.number)
     return recovered

@@ -258,7 +258,9 @@ def finish(cfg, parent: str, base: dict, study, t, recipe: Recipe, chain: list[V
     record(cfg, parent, base, label, recipe, technique_of(chain), metrics,
            {"search.trial": t.number, "search.state": "COMPLETE", "search.recipe": recipe.label(),
             "search.feasible": str(feasible).lower(),
-            "search.seed_recipe": str(bool(t.user_attrs.get("seed_recipe"))).lower()}, before_end=tell)
+            "search.seed_recipe": str(bool(t.user_attrs.get("seed_recipe"))).lower(),
+            **({"search.follow_up_of": t.user_attrs["follow_up_of"]} if "follow_up_of" in t.user_attrs else {})},
+           before_end=tell)
     log.info("%s %s: val accuracy %.4f, p50 %.2f ms, %.1f MB, runtime RSS %.0f MB%s", label, recipe.label(),
              metrics["val/accuracy"], metrics[OBJECTIVES["latency"][0]], metrics[OBJECTIVES["size"][0]],
              metrics[OBJECTIVES["runtime_rss"][0]], "" if feasible else " (outside the constraints)")
@@ -272,7 +274,7 @@ def rows(study, ref: dict, objectives: list[str]) -> list[dict]:
     for t in studies.finished(study):
         a = t.user_attrs
         row = {"trial": t.number, "recipe": a.get("label"), "state": t.state.name,
-               "seed_recipe": bool(a.get("seed_recipe")), "run_id": a.get("run_id"), "model_dir": a.get("model_dir"),
+               "seed_recipe": bool(a.get("seed_recipe")), "follow_up_of": a.get("follow_up_of"), "run_id": a.get("run_id"), "model_dir": a.get("model_dir"),
                "technique": a.get("technique"), "params": dict(t.params), "front": False, "feasible": False}
         if t.state == TrialState.COMPLETE:
             row.update(a["metrics"])
@@ -405,11 +407,13 @@ def write_report(folder: Path, name: str, rows_: list[dict], ref: dict, hv: floa
 
 
 COLUMNS = ["trial", "recipe", "state", "val/accuracy", "bench/latency_ms_p50_b1_t1", "size/disk_mb",
-           "bench/runtime_rss_mb", "feasible", "front", "seed_recipe"]
+           "bench/runtime_rss_mb", "feasible", "front", "seed_recipe", "follow_up_of"]
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
+    if "follow_up_of" in df:  # the trial a follow-up re-tried, blank for the sampler's own
+        df["follow_up_of"] = df["follow_up_of"].map(lambda v: "" if v is None or v != v else int(v))
     return df[[c for c in COLUMNS if c in df.columns]].sort_values("trial") if len(df) else df
 
 
