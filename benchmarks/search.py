@@ -30,7 +30,8 @@ def main() -> int:
     ap.add_argument("--work", type=Path, help="folder for the MLflow store, outputs and logs (reused: resumes)")
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--samplers", nargs="+", default=["tpe", "random"], choices=["tpe", "nsga2", "random"],
-                    help="the first is the search under test; the others are compared with it")
+                    help="the first is the search under test (with the profile's follow-ups); the others are "
+                    "baselines compared with it (their sampler alone: search.follow_ups=0)")
     ap.add_argument("--name", default="search", help="results file name (e.g. a follow-up with seed recipes)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to `effilm search`")
     a = ap.parse_args()
@@ -102,7 +103,7 @@ def main() -> int:
           + "".join(f"Follow-ups of {k} (a trial within the accuracy limit re-tried with the cheapest tail): "
                     + (", ".join(f"trial {f['trial']} of trial {f['of']} ({f['recipe']}; "
                                  f"{'inside' if f['feasible'] else 'outside'} the constraints)" for f in fu)
-                       or "none") + "\n\n"
+                       or ("none" if k == a.samplers[0] else "off (search.follow_ups=0)")) + "\n\n"
                     for k, v in studies.items() if (fu := v["summary"].get("follow_ups")) is not None)
           + " ".join(f"![{k}]({a.name}_front_{k}.png)" for k in a.samplers) + "\n")
     write_results(a.name, data, md, a.results_dir)

@@ -31,7 +31,7 @@ def study_name(cfg) -> str:
     on (space and how trials sample it, objectives, constraints, model, data, training, benchmark) and the output
     folder that holds its models — not the budget, so a study can grow."""
     s = cfg.search
-    key = stable_hash(recipes.PARAMS_VERSION, s.space, s.objectives, s.seed_recipes, s.follow_ups, s.startup_trials,
+    key = stable_hash(recipes.PARAMS_VERSION, s.space, s.objectives, s.seed_recipes, s.follow_ups > 0, s.startup_trials,
                       s.early_stop_margin, s.benchmark, s.seed, cfg.constraints, cfg.model, cfg.data, cfg.train,
                       cfg.evaluate, cfg.seed, str(Path(cfg.output_dir).resolve()), length=10)
     return f"{STUDY}/{cfg.profile}/{s.sampler}/{key}"
@@ -74,12 +74,12 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
         tracking.set_tags(parent, {"search.study": name, "search.storage": studies.redacted(storage),
                                    "search.sampler": s.sampler, "search.objectives": ",".join(s.objectives)})
         logger.info("study %s (%s, %s): %d of %d trials finished", name, s.sampler, studies.redacted(storage),
-                    len(studies.finished(study)), s.trials)
+                    studies.spent(study, s.trials), s.trials)
 
         # 4. trials, a batch at a time: builds and evaluations in parallel, benchmarks one at a time
         context = {"data": data_info, "train": cfg.train, "seed": cfg.seed}
         deadline = started + 60 * s.time_budget_minutes if s.time_budget_minutes else None
-        while (left := s.trials - len(studies.finished(study))) > 0 and (deadline is None or time.monotonic() < deadline):
+        while (left := s.trials - studies.spent(study, s.trials)) > 0 and (deadline is None or time.monotonic() < deadline):
             follow_ups.queue(study, cfg, layers, ref)  # a promising student again, with the cheapest tail (asked first)
             trials.run_batch(cfg, parent, base, study, [study.ask() for _ in range(min(cfg.execution.max_workers, left))],
                              dirs, layers, context, data_info, ref)
@@ -97,6 +97,7 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
         summary = trials.test_summary(cfg, data_info, teacher, ref, rows, choice)
         summary["trials_wall_seconds"] = studies.wall_seconds(study)
         summary["follow_ups"] = follow_ups.report(rows)
+        summary["repeats"] = len(studies.repeats(study))  # recipes the sampler drew again: told, not run or counted
         registered = None
         if choice.chosen is not None and cfg.select.register_model:
             registered = trials.register(cfg, choice.chosen, summary)
@@ -112,6 +113,7 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
                                       "search/trials_complete": sum(r["state"] == "COMPLETE" for r in rows),
                                       "search/trials_stopped_early": sum(r["state"] == "PRUNED" for r in rows),
                                       "search/follow_ups": len(summary["follow_ups"]),
+                                      "search/repeats": summary["repeats"],
                                       "flow/seconds": round(time.monotonic() - started, 2),
                                       **{f"search/{part}_{k}": v for part in ("best", "nearest")
                                          for k, v in summary.get(part, {}).items() if isinstance(v, (int, float))}})

@@ -243,15 +243,45 @@ def test_a_promising_student_is_followed_up_with_the_cheapest_tail():
     assert follow_ups.queue(study, cfg, 6, ref) == 1
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == 1 and follow_ups.params_of(waiting[0]) == params
-    assert follow_ups.candidate(study, cfg, 6, ref)[0] == 2  # 1 is followed up (queued): the next is 2
+    assert follow_ups.candidate(study, cfg, 6, ref) is None  # none beside one waiting to be asked
+    study.ask()  # the follow-up runs (trial 4)
+    assert follow_ups.candidate(study, cfg, 6, ref)[0] == 2  # 1 is followed up: the next is 2
     add("4L-bottom", "onnx-int8", ">=3", 0.977, 3.1, 9.5)    # 5: ... whose follow-up the sampler drew itself
     assert follow_ups.candidate(study, cfg, 6, ref) is None  # a recipe the study has seen is not tried again
     study.enqueue_trial({**study.trials[2].params, "runtime": "torch-int8"}, user_attrs={"follow_up_of": 2})
+    study.ask()  # trial 6
     add("1L-top", "torch-fp32", "off", 0.976, 0.9, 30.0, temperature=dims["temperature"][1])  # 7: a new candidate,
     assert follow_ups.candidate(study, cfg, 6, ref) is None  # but the budget of 2 follow-ups is spent
     more = cfg.model_copy(update={"search": s.model_copy(update={"follow_ups": 3})})
-    assert follow_ups.candidate(study, more, 6, ref)[0] == 7
+    assert follow_ups.candidate(study, more, 6, ref) == (7, {**study.trials[7].params, "runtime": "onnx-int8",
+                                                            "vocab": ">=3"})
+    add("2L-bottom", "torch-int8", ">=3", 0.976, 0.6, 8.0)   # 8: inside the constraints: the runtime to follow now
+    assert follow_ups.candidate(study, more, 6, ref) == (7, {**study.trials[7].params, "runtime": "torch-int8",
+                                                            "vocab": ">=3"})
     assert follow_ups.strongest_vocab(s.space.model_copy(update={"vocab_trim": [False]}), 6) == "off"
+
+
+def test_a_recipe_drawn_again_is_told_its_values_not_run_or_counted():
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dims = {"student": CategoricalDistribution(["1L-top"]), "runtime": CategoricalDistribution(["a"])}
+    first = study.ask(dims)
+    first.set_user_attr("label", "1L-top a")
+    first.set_user_attr("constraints", {"latency": 0.5})
+    first.set_constraint("latency", 0.5)
+    study.tell(first, [0.9, 1.5])
+    again = study.ask(dims)  # the sampler draws the same recipe
+    other = study.ask({**dims, "vocab": CategoricalDistribution([">=3"])})  # a recipe not seen
+    study.enqueue_trial(dict(first.params), user_attrs={"follow_up_of": 0})  # queued on purpose: it runs
+    queued = study.ask(dims)
+    assert [t.number for t in trials.tell_repeats(study, [again, other, queued])] == [other.number, queued.number]
+    told = study.trials[again.number]
+    assert told.state == TrialState.COMPLETE and told.values == [0.9, 1.5] and told.user_attrs["duplicate_of"] == 0
+    assert told.constraints == {"latency": 0.5} and told.user_attrs["label"] == "1L-top a"
+    assert [t.number for t in studies.finished(study)] == [0] and len(studies.repeats(study)) == 1
+    assert studies.spent(study, budget=4) == 1 and studies.spent(study, budget=0) == 2  # past the cap, repeats count
 
 
 # ------------------------------------------------------------------------------------------------ end to end

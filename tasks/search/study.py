@@ -125,7 +125,19 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=FINISHED)
+    """The study's results: trials that completed or stopped early, less repeats of an earlier recipe."""
+    return [t for t in study.get_trials(deepcopy=False, states=FINISHED) if "duplicate_of" not in t.user_attrs]
+
+
+def repeats(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials whose recipe the sampler had drawn before: told the earlier trial's values, not built again."""
+    return [t for t in study.get_trials(deepcopy=False, states=FINISHED) if "duplicate_of" in t.user_attrs]
+
+
+def spent(study: optuna.Study, budget: int) -> int:
+    """Trials counted against ``--trials``: the finished ones; a repeat only once there have been ``budget`` of
+    them (a small space the sampler has exhausted still ends)."""
+    return len(finished(study)) + max(0, len(repeats(study)) - budget)
 
 
 def wall_seconds(study: optuna.Study) -> float | None:

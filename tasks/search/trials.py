@@ -7,6 +7,7 @@ Every piece calls the same Prefect tasks a hand-written variant uses (``compress
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -169,6 +170,7 @@ def run_batch(cfg, parent: str, base: dict, study, batch: list, dirs: dict, laye
     for t in batch:
         studies.claim(t)
     chosen = {t.number: suggest(t, s.space, layers) for t in batch}
+    batch = tell_repeats(study, batch)
     chains = {n: variants(r, layers, s.benchmark.seq_len) for n, r in chosen.items()}
     broken = build(cfg, chains, dirs, context, upto=1)  # the distilled students first
     alive = stop_early(cfg, parent, base, study, [t for t in batch if t.number not in broken], chosen, chains, dirs,
@@ -195,6 +197,35 @@ def run_batch(cfg, parent: str, base: dict, study, batch: list, dirs: dict, laye
     if len(errors) > 2 * s.trials:
         raise RuntimeError(f"{len(errors)} trials failed (more than twice the budget of {s.trials}); the last: "
                            f"{errors[-1].user_attrs['error'][:500]}")
+
+
+REPEAT_ATTRS = ("label", "metrics", "constraints", "technique", "model_dir", "student_val_accuracy")
+
+
+def tell_repeats(study, batch: list) -> list:
+    """The sampler's trials whose recipe an earlier finished trial had (TPE draws one again now and then): told that
+    trial's objectives, constraints and state, marked ``duplicate_of`` — not built, measured or recorded again, and
+    not counted against the budget (``studies.spent``). Queued trials (seeds, follow-ups, retries) always run.
+    -> the rest of the batch."""
+    earlier: dict[str, object] = {}
+    for f in studies.finished(study):
+        earlier.setdefault(json.dumps(f.params, sort_keys=True), f)
+    rest = []
+    for t in batch:
+        f = earlier.get(json.dumps(t.params, sort_keys=True))
+        if f is None or {"seed_recipe", "follow_up_of", "retry_of"} & set(t.user_attrs):
+            rest.append(t)
+            continue
+        for key in REPEAT_ATTRS:
+            if key in f.user_attrs:
+                t.set_user_attr(key, f.user_attrs[key])
+        t.set_user_attr("duplicate_of", f.number)
+        for key, value in (f.user_attrs.get("constraints") or {}).items():
+            t.set_constraint(key, value)
+        log.info("%s repeats %s (%s): told its values, not run again", trial_label(t.number), trial_label(f.number),
+                 f.user_attrs.get("label"))
+        study.tell(t, f.values if f.state == TrialState.COMPLETE else None, state=f.state)
+    return rest
 
 
 def stop_early(cfg, parent: str, base: dict, study, batch: list, chosen: dict, chains: dict, dirs: dict,
@@ -274,7 +305,8 @@ def rows(study, ref: dict, objectives: list[str]) -> list[dict]:
     for t in studies.finished(study):
         a = t.user_attrs
         row = {"trial": t.number, "recipe": a.get("label"), "state": t.state.name,
-               "seed_recipe": bool(a.get("seed_recipe")), "follow_up_of": a.get("follow_up_of"), "run_id": a.get("run_id"), "model_dir": a.get("model_dir"),
+               "seed_recipe": bool(a.get("seed_recipe")), "follow_up_of": a.get("follow_up_of"),
+               "run_id": a.get("run_id"), "model_dir": a.get("model_dir"),
                "technique": a.get("technique"), "params": dict(t.params), "front": False, "feasible": False}
         if t.state == TrialState.COMPLETE:
             row.update(a["metrics"])
