@@ -37,10 +37,10 @@ def strongest_vocab(space, layers: int) -> str:
 
 def candidate(study, cfg, layers: int, ref: dict) -> tuple[int, dict] | None:
     """The next follow-up: (the trial it follows up, its params), or None when the budget of follow-ups is spent,
-    the startup trials are not all in, a follow-up is still waiting to be asked, or no trial qualifies. A trial qualifies when it completed, meets the
-    accuracy constraint, misses latency or size, was not followed up yet, and the follow-up is a recipe the study has
-    not seen (in any state); not when it misses latency and already runs in the best runtime (trimming the vocabulary
-    does not make it faster). The nearest to the latency limit goes first, then the nearest to the size limit."""
+    the startup trials are not all in, a follow-up is still waiting to be asked, or no trial qualifies. A trial
+    qualifies when it completed, meets the accuracy constraint, misses latency or size, was not followed up yet, and
+    the follow-up is a recipe the study has not seen (in any state); not when it misses latency and already runs in
+    the best runtime (trimming the vocabulary does not make it faster). The nearest to the latency limit goes first, then the nearest to the size limit."""
     s, c = cfg.search, cfg.constraints
     everything = study.get_trials(deepcopy=False)
     followed = {t.user_attrs["follow_up_of"] for t in everything if "follow_up_of" in t.user_attrs}
