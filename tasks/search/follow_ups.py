@@ -21,13 +21,9 @@ from optuna.trial import TrialState
 
 from tasks.measure import select
 from tasks.search import recipes, study as studies, trials
+from tasks.search.study import params_of
 
 log = logging.getLogger(__name__)
-
-
-def params_of(t) -> dict:
-    """A trial's recipe params, also for a trial still waiting in the queue (its fixed params)."""
-    return {**t.system_attrs.get("fixed_params", {}), **t.params}
 
 
 def strongest_vocab(space, layers: int) -> str:
@@ -40,7 +36,8 @@ def candidate(study, cfg, layers: int, ref: dict) -> tuple[int, dict] | None:
     the startup trials are not all in, a follow-up is still waiting to be asked, or no trial qualifies. A trial
     qualifies when it completed, meets the accuracy constraint, misses latency or size, was not followed up yet, and
     the follow-up is a recipe the study has not seen (in any state); not when it misses latency and already runs in
-    the best runtime (trimming the vocabulary does not make it faster). The nearest to the latency limit goes first, then the nearest to the size limit."""
+    the best runtime (trimming the vocabulary does not make it faster). The nearest to the latency limit goes first,
+    then the nearest to the size limit."""
     s, c = cfg.search, cfg.constraints
     everything = study.get_trials(deepcopy=False)
     followed = {t.user_attrs["follow_up_of"] for t in everything if "follow_up_of" in t.user_attrs}

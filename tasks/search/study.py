@@ -117,11 +117,16 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
         if retries >= MAX_RETRIES:
             log.warning("trial %d was interrupted %d times: not queued again", t.number, retries + 1)
             continue
-        params = {**t.system_attrs.get("fixed_params", {}), **t.params}
+        params = params_of(t)
         attrs = {k: v for k, v in t.user_attrs.items() if k in ("seed_recipe", "follow_up_of")}
         study.enqueue_trial(params, user_attrs={**attrs, "retry_of": t.number, "retries": retries + 1})
         recovered.append(t.number)
     return recovered
+
+
+def params_of(t) -> dict:
+    """A trial's recipe params, also for a trial still queued or cut short (its enqueued, fixed params)."""
+    return {**t.system_attrs.get("fixed_params", {}), **t.params}
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
