@@ -215,3 +215,45 @@ def test_inference_memory_path_equals_the_training_path(tmp_path, n):
         assert attention.project_banded(x, long.layers[0].attention.self.key, plan, 4) is None
         slow = long(ids, mask, glob)
     assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
+
+
+@pytest.mark.parametrize("mode", ["sliding", "full"])
+def test_last_layer_computes_the_cls_row_alone_exactly(tmp_path, mode, monkeypatch):
+    """Classification runs the last layer on the [CLS] row alone (its global row in sliding mode, its query against
+    every key in full mode) and every FFN in chunks of tokens: logits and gradients equal those of whole layers with
+    an unchunked FFN, with padding; a [CLS] that is not global in every row takes the whole layer."""
+    src = make_tiny_model(tmp_path / "m", num_labels=3)
+    long = longify.longify(str(src), max_positions=2048, attention_window=64, mode=mode, backend="blocked")
+    assert long.cls_row_only
+    n = longify.FFN_CHUNK + 188  # two FFN chunks, the second a partial one
+    ids = torch.randint(1000, 2000, (2, n))
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+    mask[1, 200:] = 0
+
+    def whole(glob=None):  # the reference: every row of the last layer, one FFN call a layer, the pooler on row 0
+        with monkeypatch.context() as m:
+            m.setattr(longify, "FFN_CHUNK", 10**9)
+            h = long.hidden_states(ids, mask, glob)
+        assert h.shape[1] == n
+        return long.classifier(long.pooler(h))
+
+    with torch.no_grad():
+        assert long.hidden_states(ids, mask, cls_only=True).shape == (2, 1, long.config.hidden_size)
+        assert torch.allclose(long(ids, mask), whole(), atol=1e-5), (long(ids, mask) - whole()).abs().max()
+        glob = torch.zeros_like(ids, dtype=torch.bool)
+        glob[0, 0] = glob[:, 5] = True  # [CLS] global in one row only: the whole layer, the same logits
+        assert torch.allclose(long(ids, mask, glob), whole(glob), atol=1e-5)
+    long.train()
+    torch.manual_seed(0)  # dropout off for the gradient comparison
+    for m in long.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    grads = []
+    for fn in (lambda: long(ids, mask), whole):
+        long.zero_grad()
+        fn().pow(2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in long.named_parameters() if p.grad is not None})
+    assert grads[0].keys() <= grads[1].keys()
+    for name, g in grads[1].items():
+        assert torch.allclose(grads[0].get(name, torch.zeros_like(g)), g, atol=1e-5), name
