@@ -112,7 +112,8 @@ def mobile_bert(profile: str = "quick", overrides: list[str] | None = None, conf
 
         # 6. select under constraints, register, report
         baseline = results[0]["eval/accuracy"]
-        choice = select.select(results, cfg.constraints.model_dump(), baseline, cfg.select.objective)
+        limits = cfg.constraints.resolved(results[0].get(select.LATENCY), results[0].get(select.SIZE))  # vs the teacher
+        choice = select.select(results, limits.model_dump(), baseline, cfg.select.objective)
         logger.info(choice.message)
         tracking.set_tags(parent, {"selection": choice.message[:5000]})
         registered = None

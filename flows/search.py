@@ -57,11 +57,16 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
         ref = {**trials.evaluate_split(cfg, data_info, {"teacher-fp32": teacher}, "val")["teacher-fp32"]["metrics"],
                **trials.measure(cfg, data_info, teacher, "teacher-fp32")}
         trials.record(cfg, parent, base, "teacher-fp32", None, "baseline", ref, {"search.role": "reference"})
+        limits = cfg.constraints.resolved(ref[trials.OBJECTIVES["latency"][0]], ref[trials.OBJECTIVES["size"][0]])
 
         # 3. the study: created, or resumed where a killed search stopped
         dirs, layers = {"teacher": teacher}, trials.teacher_layers(teacher)
         trials.check_space(s.space, layers)
-        name = s.study_name or study_name(cfg)
+        name = s.study_name or study_name(cfg)  # named by the constraints as written, not by this run's measurement
+        if limits != cfg.constraints:  # relative limits (min_speedup, min_size_ratio) against this run's teacher
+            logger.info("constraints against the teacher (%.2f ms, %.1f MB): %s", ref[trials.OBJECTIVES["latency"][0]],
+                        ref[trials.OBJECTIVES["size"][0]], limits.model_dump(exclude_none=True))
+            cfg = cfg.model_copy(update={"constraints": limits})
         storage = studies.storage_url(tracking.tracking_uri(), out, s.storage)
         study = studies.open_study(name, storage, s)
         recovered = studies.recover_interrupted(study)
@@ -96,6 +101,7 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
         #    hand-written (seed) recipes and the teacher
         summary = trials.test_summary(cfg, data_info, teacher, ref, rows, choice)
         summary["trials_wall_seconds"] = studies.wall_seconds(study)
+        summary["constraints"] = cfg.constraints.model_dump(exclude_none=True)  # the absolute limits applied
         summary["follow_ups"] = follow_ups.report(rows)
         summary["repeats"] = len(studies.repeats(study))  # recipes the sampler drew again: told, not run or counted
         registered = None

@@ -140,10 +140,12 @@ def test_flow_variants_selection_and_registry(tiny_model_dir, mlflow_uri, tmp_pa
     child = client.get_run(by["one-layer-int8"]["run_id"])
     assert child.data.tags["source_variant"] == "one-layer" and child.data.tags["mlflow.parentRunId"] == parent.info.run_id
 
-    # impossible constraints: nothing registered, the message names the nearest variants and the misses
-    impossible = sets[:-4] + ["constraints.max_latency_ms=0.001", "constraints.max_size_mb=0.001"]
+    # impossible constraints (relative to the teacher: 1000x faster and smaller): nothing registered, the message
+    # names the nearest variants and the misses, in the absolute limits the teacher's measurement gives
+    impossible = sets[:-4] + ["constraints.min_speedup=1000", "constraints.min_size_ratio=1000"]
     again = mobile_bert(profile="quick", overrides=impossible)
     assert again["selected"] is None and again["registered"] is None
     tag = client.get_run(again["parent_run_id"]).data.tags["selection"]
     assert "no variant meets the constraints" in tag and "over by" in tag
+    assert f"max_latency_ms={by['teacher-fp32']['bench/latency_ms_p50_b1_t1'] / 1000}" in tag
     assert len(client.search_model_versions("name = 'effilm-mobile-bert'")) == 1

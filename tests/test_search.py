@@ -368,7 +368,7 @@ def test_three_trial_search_end_to_end(tiny_model_dir, mlflow_uri, tmp_path):
 
     # constraints no trial can meet (a new study; the built folders are reused): nothing is registered, and the
     # nearest miss is test-evaluated and reported with how far it missed on validation
-    impossible = "{max_latency_ms: 0.001, max_size_mb: 1000, max_accuracy_drop: 1.0}"
+    impossible = "{min_speedup: 100000, max_size_mb: 1000, max_accuracy_drop: 1.0}"  # relative to the teacher
     alias_before = MlflowClient(mlflow_uri).get_model_version_by_alias("effilm-mobile-bert", "mobile").version
     two_runtimes = HAND[:-1] + ", {layers: 1, layer_pick: top, heads_fraction: 0.0, ffn_fraction: 0.0, " \
         "vocab_min_count: 1, runtime: torch-fp32}]"
@@ -378,6 +378,9 @@ def test_three_trial_search_end_to_end(tiny_model_dir, mlflow_uri, tmp_path):
     assert len(missed) == 1 and "best" not in missed[0]["summary"] and missed[0]["registered"] is None
     near = missed[0]["summary"]["nearest"]
     assert near["validation_misses"]["latency_ms"] > 0 and 0 <= near["test_accuracy"] <= 1
+    teacher_ms = [r for r in MlflowClient(mlflow_uri).search_runs([trial_runs(mlflow_uri)[0].info.experiment_id],
+                  filter_string="tags.variant = 'teacher-fp32'")][0].data.metrics["bench/latency_ms_p50_b1_t1"]
+    assert missed[0]["summary"]["constraints"]["max_latency_ms"] == pytest.approx(teacher_ms / 100000)
     assert missed[0]["summary"]["trials_wall_seconds"] > 0
     study_dir = next(p.parent for p in (out / "search").glob("*/summary.json") if "nearest" in p.read_text())
     trials_csv = pd.read_csv(study_dir / "trials.csv")

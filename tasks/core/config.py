@@ -145,9 +145,30 @@ class BenchmarkConfig(Strict):
 
 
 class Constraints(Strict):
+    """What a variant must meet to be selected: p50 latency (batch 1, 1 thread), size on disk, accuracy drop against
+    the teacher. ``min_speedup`` / ``min_size_ratio`` state the first two relative to the fp32 teacher measured in
+    the same run (same benchmark, same machine), so one case-study file means the same on every host — a 20x goal
+    written as 1.0 ms on a host whose teacher takes 20 ms is 26x where it takes 26 ms. Where both forms are set, the
+    tighter limit holds; :meth:`resolved` turns them into absolute limits once the teacher is measured."""
+
     max_latency_ms: float | None = Field(None, gt=0)
     max_size_mb: float | None = Field(None, gt=0)
     max_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    min_speedup: float | None = Field(None, gt=0, description="teacher p50 latency / the variant's, at least")
+    min_size_ratio: float | None = Field(None, gt=0, description="teacher size on disk / the variant's, at least")
+
+    def resolved(self, teacher_latency_ms: float | None, teacher_size_mb: float | None) -> Constraints:
+        """Absolute limits only: each relative one as the teacher's figure divided by it (the tighter where both)."""
+        def limit(absolute, teacher, ratio, key):
+            if ratio is None:
+                return absolute
+            if teacher is None:
+                raise ValueError(f"constraints.{key} needs the teacher's measurement, and the teacher has none")
+            return teacher / ratio if absolute is None else min(absolute, teacher / ratio)
+
+        return Constraints(max_latency_ms=limit(self.max_latency_ms, teacher_latency_ms, self.min_speedup, "min_speedup"),
+                           max_size_mb=limit(self.max_size_mb, teacher_size_mb, self.min_size_ratio, "min_size_ratio"),
+                           max_accuracy_drop=self.max_accuracy_drop)
 
 
 # ------------------------------------------------------------------------------------------ variants
