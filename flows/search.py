@@ -63,12 +63,17 @@ def search_mobile_bert(profile: str = "quick", overrides: list[str] | None = Non
         dirs, layers = {"teacher": teacher}, trials.teacher_layers(teacher)
         trials.check_space(s.space, layers)
         name = s.study_name or study_name(cfg)  # named by the constraints as written, not by this run's measurement
-        if limits != cfg.constraints:  # relative limits (min_speedup, min_size_ratio) against this run's teacher
-            logger.info("constraints against the teacher (%.2f ms, %.1f MB): %s", ref[trials.OBJECTIVES["latency"][0]],
-                        ref[trials.OBJECTIVES["size"][0]], limits.model_dump(exclude_none=True))
-            cfg = cfg.model_copy(update={"constraints": limits})
         storage = studies.storage_url(tracking.tracking_uri(), out, s.storage)
         study = studies.open_study(name, storage, s)
+        if limits != cfg.constraints:  # relative limits (min_speedup, min_size_ratio), against the teacher as the
+            # study first measured it: every trial of a study is judged by the same limits, wherever it resumes
+            first = studies.first_limits(study, limits.model_dump())
+            if first != limits.model_dump():
+                logger.warning("the teacher measures %.2f ms, %.1f MB now; the study keeps the limits of its first "
+                               "run: %s", ref[trials.OBJECTIVES["latency"][0]], ref[trials.OBJECTIVES["size"][0]], first)
+            limits = type(limits)(**first)
+            logger.info("constraints against the teacher: %s", limits.model_dump(exclude_none=True))
+            cfg = cfg.model_copy(update={"constraints": limits})
         recovered = studies.recover_interrupted(study)
         trials.close_told_runs(study)  # a trial told just before its process was killed keeps its finished run
         if recovered:

@@ -231,10 +231,14 @@ def test_last_layer_computes_the_cls_row_alone_exactly(tmp_path, mode, monkeypat
     mask = torch.ones_like(ids)
     mask[1, 200:] = 0
 
-    def whole(glob=None):  # the reference: every row of the last layer, one FFN call a layer, the pooler on row 0
-        with monkeypatch.context() as m:
-            m.setattr(longify, "FFN_CHUNK", 10**9)
-            h = long.hidden_states(ids, mask, glob)
+    def whole(glob=None):  # the reference: transformers' own BertLayer.forward for every layer, the pooler on row 0
+        if glob is None:
+            glob = torch.zeros_like(ids, dtype=torch.bool)
+            glob[:, 0] = True
+        h = long.embeddings(input_ids=ids)
+        plan = None if mode == "full" else attention.plan(mask.bool(), glob, 32, tuple(ids.shape), "cpu", "blocked")
+        for layer in long.layers:
+            h = layer(h, (mask.bool(), plan))
         assert h.shape[1] == n
         return long.classifier(long.pooler(h))
 
@@ -242,7 +246,9 @@ def test_last_layer_computes_the_cls_row_alone_exactly(tmp_path, mode, monkeypat
         assert long.hidden_states(ids, mask, cls_only=True).shape == (2, 1, long.config.hidden_size)
         assert torch.allclose(long(ids, mask), whole(), atol=1e-5), (long(ids, mask) - whole()).abs().max()
         glob = torch.zeros_like(ids, dtype=torch.bool)
-        glob[0, 0] = glob[:, 5] = True  # [CLS] global in one row only: the whole layer, the same logits
+        glob[:, 0] = glob[:, 5] = True  # [CLS] and another global token in every row: the [CLS] row alone
+        assert torch.allclose(long(ids, mask, glob), whole(glob), atol=1e-5)
+        glob[1, 0] = False  # [CLS] global in one row only: the whole layer, the same logits
         assert torch.allclose(long(ids, mask, glob), whole(glob), atol=1e-5)
     long.train()
     torch.manual_seed(0)  # dropout off for the gradient comparison
@@ -250,7 +256,8 @@ def test_last_layer_computes_the_cls_row_alone_exactly(tmp_path, mode, monkeypat
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     grads = []
-    for fn in (lambda: long(ids, mask), whole):
+    for checkpointed, fn in ((True, lambda: long(ids, mask)), (False, whole)):
+        long.gradient_checkpointing = checkpointed  # the [CLS]-row path recomputed in backward
         long.zero_grad()
         fn().pow(2).sum().backward()
         grads.append({n: p.grad.clone() for n, p in long.named_parameters() if p.grad is not None})

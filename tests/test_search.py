@@ -204,6 +204,19 @@ def test_a_study_of_an_earlier_params_version_is_not_resumed(tmp_path):
         "params_version"] == recipes.PARAMS_VERSION  # this version's own study resumes
 
 
+def test_a_study_keeps_the_limits_of_its_first_run(tmp_path):
+    """Relative constraints resolve against the teacher as measured: a resumed study whose teacher was measured
+    again keeps the absolute limits it began with (stored in the study), so all its trials are judged alike."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = SearchConfig(objectives=["accuracy", "latency"])
+    first = {"max_latency_ms": 1.95, "max_size_mb": 9.09, "max_accuracy_drop": 0.01}
+    assert studies.first_limits(studies.open_study("s", storage, cfg), first) == first
+    resumed = studies.open_study("s", storage, cfg)
+    assert studies.first_limits(resumed, {**first, "max_latency_ms": 2.2}) == first
+    assert studies.first_limits(studies.open_study("other", storage, cfg), {**first, "max_latency_ms": 2.2}) == \
+        {**first, "max_latency_ms": 2.2}
+
+
 def test_a_promising_student_is_followed_up_with_the_cheapest_tail():
     """A trial within the accuracy limit that misses latency or size is re-tried with the strongest vocabulary trim
     and the best trial's runtime; not a trial that misses latency in that runtime already, not one below the
@@ -378,8 +391,9 @@ def test_three_trial_search_end_to_end(tiny_model_dir, mlflow_uri, tmp_path):
     assert len(missed) == 1 and "best" not in missed[0]["summary"] and missed[0]["registered"] is None
     near = missed[0]["summary"]["nearest"]
     assert near["validation_misses"]["latency_ms"] > 0 and 0 <= near["test_accuracy"] <= 1
-    teacher_ms = [r for r in MlflowClient(mlflow_uri).search_runs([trial_runs(mlflow_uri)[0].info.experiment_id],
-                  filter_string="tags.variant = 'teacher-fp32'")][0].data.metrics["bench/latency_ms_p50_b1_t1"]
+    teacher_ms = MlflowClient(mlflow_uri).search_runs(  # this search's reference run: the newest teacher run
+        [trial_runs(mlflow_uri)[0].info.experiment_id], filter_string="tags.variant = 'teacher-fp32'",
+        order_by=["attributes.start_time DESC"])[0].data.metrics["bench/latency_ms_p50_b1_t1"]
     assert missed[0]["summary"]["constraints"]["max_latency_ms"] == pytest.approx(teacher_ms / 100000)
     assert missed[0]["summary"]["trials_wall_seconds"] > 0
     study_dir = next(p.parent for p in (out / "search").glob("*/summary.json") if "nearest" in p.read_text())

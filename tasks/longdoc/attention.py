@@ -119,6 +119,7 @@ class Plan:
     keep: torch.Tensor  # (b, n) bool, real tokens
     glob: torch.Tensor  # (b, n) bool, global tokens (real ones only)
     n_glob: int  # most global tokens in any row
+    first_global: bool = False  # the first token ([CLS]) is global in every row
     strided: bool = False  # ``blocked`` reads its bands as strided views (inference on CPU: :func:`_strided_local`)
     order: torch.Tensor | None = None  # (b, G) positions of each row's global tokens (padded with non-global ones)
     g_valid: torch.Tensor | None = None  # (b, G) which of ``order`` are global
@@ -135,14 +136,16 @@ def plan(key_padding: torch.Tensor | None, global_mask: torch.Tensor | None, win
     b, n = shape
     keep = torch.ones(b, n, dtype=torch.bool, device=device) if key_padding is None else key_padding.bool()
     glob = torch.zeros(b, n, dtype=torch.bool, device=device) if global_mask is None else global_mask.bool() & keep
-    n_glob = int(glob.sum(1).max()) if n else 0  # the one host sync of a forward pass
+    n_glob, first_global = 0, False
+    if n:  # the one host sync of a forward pass
+        n_glob, first_global = torch.stack([glob.sum(1).max(), glob[:, 0].all().long()]).tolist()
     grad = torch.is_grad_enabled() if grad is None else grad
     chosen = choose(backend, n, device, grad, window)
     if (chosen, backend) not in _SAID:
         _SAID.add((chosen, backend))
         log.info("sliding-window attention: backend %s (asked: %s) from %d tokens on %s", chosen, backend, n,
                  torch.device(device).type)
-    p = Plan(chosen, window, n, keep, glob, n_glob)
+    p = Plan(chosen, window, n, keep, glob, n_glob, bool(first_global))
     if n_glob:
         p.order = torch.argsort((~glob).to(torch.int8), dim=1, stable=True)[:, :n_glob]  # global positions first
         p.g_valid = torch.gather(glob, 1, p.order)

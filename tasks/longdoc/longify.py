@@ -78,7 +78,7 @@ class LongSelfAttention(nn.Module):
         if self.mode == "full":
             q, k, v = self._heads(self.query(first)), self._heads(self.key(hidden_states)), self._heads(self.value(hidden_states))
             out = attention.full_attention(q, k, v, key_padding)
-        elif bool(plan.glob[:, 0].all()):  # [CLS] is global in every row: it reads the whole input
+        elif plan.first_global:  # [CLS] is global in every row: it reads the whole input
             out = attention.global_rows_folded(self._heads(self.query_global(first)), hidden_states, self.key_global,
                                                self.value_global, plan.keep)
         else:

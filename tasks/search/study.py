@@ -89,6 +89,17 @@ def open_study(name: str, storage: str, cfg: SearchConfig) -> optuna.Study:
     return study
 
 
+def first_limits(study: optuna.Study, limits: dict) -> dict:
+    """The absolute constraint limits the study was first run with (stored then); ``limits`` on its first run. A
+    relative limit (``min_speedup``) resolves against the teacher as measured, so without this a resumed study
+    whose teacher benchmark was re-measured would judge its later trials by other limits than its earlier ones."""
+    stored = study.user_attrs.get("constraint_limits")
+    if stored is None:
+        study.set_user_attr("constraint_limits", limits)
+        return limits
+    return stored
+
+
 def _alive(pid: int) -> bool:
     from tasks.core.tracking import pid_alive
 
