@@ -130,8 +130,8 @@ class LongClassifier(nn.Module):
                                   input_ids.device, self.backend)
         self.last_backend = "sdpa-full" if plan is None else plan.backend
         last = len(self.layers) - 1
+        run = self._bert_layer if self.bert_layout else (lambda layer_, h_, mask, _cls_only: layer_(h_, mask))
         for i, layer in enumerate(self.layers):
-            run = self._bert_layer if self.bert_layout else (lambda layer_, h_, mask, cls_only_: layer_(h_, mask))
             args = (layer, h, (keep, plan), cls_only and i == last)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 from torch.utils.checkpoint import checkpoint
