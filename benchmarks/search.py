@@ -70,6 +70,7 @@ def main() -> int:
 
     data = {"trials": a.trials, "samplers": a.samplers, "overrides": a.set, "seconds": seconds,
             "trials_wall_seconds": {k: v["summary"].get("trials_wall_seconds") for k, v in studies.items()},
+            "settings": {k: v["summary"].get("settings") for k, v in studies.items()},  # sampler seeds among them
             "mlflow_store": uri, "teacher": s["teacher"], "best": three(best), "best_detail": best,
             "nearest": three(nearest), "nearest_detail": nearest, "hand": three(hand),
             "hand_detail": hand, "seed_recipes": s.get("hand", {}), "hypervolume": hv,
@@ -92,7 +93,9 @@ def main() -> int:
         rows.append({"recipe": name, **{k: fig.get(k) for k in ("test_accuracy", "latency_ms", "size_mb",
                                                                  "runtime_rss_mb", "speedup", "size_ratio",
                                                                  "accuracy_drop_points")}})
-    md = (f"{a.trials} trials per sampler ({', '.join(a.samplers)}); overrides {a.set or 'none'}; wall time of this "
+    seeds = {k: (v["summary"].get("settings") or {}).get("seed") for k, v in studies.items()}
+    md = (f"{a.trials} trials per sampler ({', '.join(a.samplers)}; sampler seeds {seeds}); overrides "
+          f"{a.set or 'none'}; wall time of this "
           f"invocation {seconds} s, of each study's trials (first start to last end, across resumes) "
           f"{data['trials_wall_seconds']} s (the first study builds the teacher and its trials cold; later studies "
           "reuse any folder an earlier one built).\n\n"

@@ -4,7 +4,7 @@
     effilm run all --profile quick
     effilm validate mobile-bert --profile full
     effilm search mobile-bert [--trials 24 | --time-budget 2h] [--sampler tpe|nsga2|random]
-    effilm compare [--experiment effilm/mobile-bert] [--run RUN_ID] [--metrics 'eval/*' ...]
+    effilm compare [--experiment effilm/mobile-bert] [--run RUN_ID ...] [--metrics 'eval/*' ...]
     effilm reproduce RUN_ID [--force]
     effilm server start|stop|status          # a local Prefect server with the scheduler
     effilm serve all                         # deployments with the case-study schedules
@@ -73,16 +73,24 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def cmd_search(a) -> int:
-    if a.case_study != "mobile-bert":
-        raise ConfigError("effilm search", "case_study", f"the recipe search is for mobile-bert, not '{a.case_study}'")
+def search_overrides(a) -> list[str]:
+    """The search's flags as config overrides (after the user's --set ones, so the flags win)."""
     sets = list(a.set or [])
     if a.trials is not None:
         sets.append(f"search.trials={a.trials}")
     if a.time_budget is not None:
         sets.append(f"search.time_budget_minutes={parse_duration(a.time_budget)}")
+        if a.trials is None and not any(x.replace(" ", "").startswith("search.trials=") for x in sets):  # alone: no count
+            sets.append("search.trials=null")
     if a.sampler is not None:
         sets.append(f"search.sampler={a.sampler}")
+    return sets
+
+
+def cmd_search(a) -> int:
+    if a.case_study != "mobile-bert":
+        raise ConfigError("effilm search", "case_study", f"the recipe search is for mobile-bert, not '{a.case_study}'")
+    sets = search_overrides(a)
     load_config(a.case_study, a.profile, sets, a.config)  # a typo costs no run
     from flows import server
 
@@ -104,14 +112,15 @@ def cmd_compare(a) -> int:
         table = compare.collect(a.experiment, a.run, a.metrics)
     except compare.CompareError as exc:
         raise ConfigError("effilm compare", None, str(exc)) from None
-    parent = table["parent"]
-    print(f"{parent.info.run_name}  (run {parent.info.run_id}, {parent.info.status}, {tracking.tracking_uri()})")
+    for parent in table["parents"]:
+        print(f"{parent.info.run_name}  (run {parent.info.run_id}, {parent.info.status}, {tracking.tracking_uri()})")
     print(compare.render_text(table))
     paths = compare.write(table, a.out)
     print(f"\nwrote {paths['csv']} and {paths['markdown']}")
     ids = [r["run_id"] for r in table["rows"]]
+    experiments = list(dict.fromkeys(p.info.experiment_id for p in table["parents"]))
     print("MLflow compare view (with `effilm ui` running):",
-          tracking.ui_compare_url(f"http://127.0.0.1:{a.ui_port}", parent.info.experiment_id, ids))
+          tracking.ui_compare_url(f"http://127.0.0.1:{a.ui_port}", experiments, ids))
     return 0
 
 
@@ -215,12 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     sr = sub.add_parser("search", help="search compression recipes (multi-objective, Optuna) under the constraints")
     study_args(sr)
     sr.add_argument("--trials", type=int, help="trials to finish, counted across resumes (default search.trials)")
-    sr.add_argument("--time-budget", help="stop asking for new trials after this long, e.g. 2h, 90m")
+    sr.add_argument("--time-budget", help="stop asking for new trials this long after the start, e.g. 2h, 90m "
+                    "(alone: no trial count; with --trials: whichever comes first)")
     sr.add_argument("--sampler", choices=["tpe", "nsga2", "random"], help="default search.sampler (tpe)")
     sr.set_defaults(fn=cmd_search)
     c = sub.add_parser("compare", help="the variants of a flow run side by side (terminal, CSV, markdown)")
     c.add_argument("--experiment", help="MLflow experiment (default effilm/mobile-bert); its newest flow run is shown")
-    c.add_argument("--run", help="a flow (parent) run id, or one of its variant runs")
+    c.add_argument("--run", nargs="+", help="a flow (parent) run id, or one of its variant runs; several: their "
+                   "variants in one table (e.g. a search's trials beside `effilm run`'s variants)")
     c.add_argument("--metrics", nargs="+", metavar="PATTERN", help="metric keys or globs, e.g. 'eval/*' 'bench/*_b1_t1'")
     c.add_argument("--out", default="outputs/compare", help="folder for the CSV and markdown (default outputs/compare)")
     c.add_argument("--ui-port", type=int, default=5000, help=argparse.SUPPRESS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import optuna
 import pandas as pd
@@ -106,6 +107,24 @@ def test_bad_time_budget_exits_2(capsys):
     assert "--time-budget: not a duration: 'soon' (use e.g. 2h, 90m, 45s)" in capsys.readouterr().err
 
 
+def test_a_time_budget_alone_lifts_the_trial_count():
+    from argparse import Namespace
+
+    from flows.cli import search_overrides
+
+    def search(**flags):
+        a = Namespace(**{"set": [], "trials": None, "time_budget": None, "sampler": None, **flags})
+        return load_config("mobile-bert", "quick", search_overrides(a)).search
+
+    assert (search().trials, search().time_budget_minutes) == (24, None)
+    assert (search(time_budget="2h").trials, search(time_budget="2h").time_budget_minutes) == (None, 120.0)
+    assert search(time_budget="90m", trials=5).trials == 5  # both: whichever comes first
+    assert search(time_budget="1h", set=["search.trials=7"]).trials == 7
+    with pytest.raises(ConfigError) as e:  # no count and no time: a search that never ends
+        load_config("mobile-bert", "quick", ["search.trials=null"])
+    assert "needs time_budget_minutes" in e.value.message
+
+
 def test_storage_lives_beside_the_mlflow_store(tmp_path):
     assert studies.storage_url(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "out") == \
         f"sqlite:///{tmp_path}/mlflow.optuna.db"
@@ -177,17 +196,37 @@ def test_an_interrupted_trial_is_queued_again_not_lost(tmp_path):
     interrupted.set_user_attr("owner", {"host": socket.gethostname(), "pid": dead.pid})  # ... its process died
     live = study.ask()
     studies.claim(live)  # this process: alive, so not recovered
-    elsewhere = study.ask()
-    elsewhere.set_user_attr("owner", {"host": "another-host", "pid": dead.pid})  # a shared study's other searcher
+    elsewhere = study.ask()  # a shared study's searcher on another host, its heartbeat fresh
+    elsewhere.set_user_attr("owner", {"host": "another-host", "pid": dead.pid})
+    study.set_user_attr(f"heartbeat:another-host:{dead.pid}", time.time() - 30)
+    gone = study.ask()  # ... and one on a third host that went silent 10 minutes ago (killed): recovered
+    gone.set_user_attr("owner", {"host": "third-host", "pid": 7})
+    study.set_user_attr("heartbeat:third-host:7", time.time() - 600)
     again = studies.open_study("s", storage, cfg)
-    assert studies.recover_interrupted(again) == [interrupted.number]
+    assert studies.recover_interrupted(again) == [interrupted.number, gone.number]
     states = {t.number: t.state for t in again.get_trials(deepcopy=False)}
-    assert states[interrupted.number] == optuna.trial.TrialState.FAIL
+    assert states[interrupted.number] == states[gone.number] == optuna.trial.TrialState.FAIL
     assert states[live.number] == states[elsewhere.number] == optuna.trial.TrialState.RUNNING
     retry = again.ask()
     assert recipes.suggest(retry, cfg.space, 6) == r and r.layers == 3 and r.runtime == "onnx-int8"
     assert retry.user_attrs["retry_of"] == interrupted.number and retry.user_attrs["seed_recipe"]
     assert len(studies.finished(again)) == 1
+
+
+def test_a_study_searched_on_another_live_host_is_refused_and_a_heartbeat_is_recorded(tmp_path):
+    storage, cfg = f"sqlite:///{tmp_path / 'study.db'}", SearchConfig(sampler="random")
+    study = studies.open_study("s", storage, cfg)
+    with studies.heartbeat(study, every=0.05):  # this process beats while its trials run
+        first = optuna.load_study(study_name="s", storage=storage).user_attrs
+        time.sleep(0.3)
+    key = next(k for k in first if k.startswith("heartbeat:"))
+    assert optuna.load_study(study_name="s", storage=storage).user_attrs[key] > first[key]
+    study.set_user_attr("owner", {"host": "another-host", "pid": 11})  # a searcher elsewhere, beating 20 s ago
+    study.set_user_attr("heartbeat:another-host:11", time.time() - 20)
+    with pytest.raises(ConfigError, match="being searched by process 11 on host another-host"):
+        studies.open_study("s", storage, cfg)
+    study.set_user_attr("heartbeat:another-host:11", time.time() - 3600)  # silent an hour: killed, take over
+    assert studies.open_study("s", storage, cfg).user_attrs["owner"]["host"] != "another-host"
 
 
 def test_a_study_of_an_earlier_params_version_is_not_resumed(tmp_path):
@@ -295,6 +334,14 @@ def test_a_recipe_drawn_again_is_told_its_values_not_run_or_counted():
     assert told.constraints == {"latency": 0.5} and told.user_attrs["label"] == "1L-top a"
     assert [t.number for t in studies.finished(study)] == [0] and len(studies.repeats(study)) == 1
     assert studies.spent(study, budget=4) == 1 and studies.spent(study, budget=0) == 2  # past the cap, repeats count
+    # the next batch: what the count leaves; with no count (a time budget alone) a batch until the sampler draws
+    # more repeats than new recipes; nothing once the deadline has passed
+    assert studies.to_ask(study, 4, None, 2) == 2 and studies.to_ask(study, 2, None, 2) == 1
+    assert studies.to_ask(study, None, time.monotonic() + 60, 2) == 2
+    assert studies.to_ask(study, None, time.monotonic() - 1, 2) == studies.to_ask(study, 9, time.monotonic() - 1, 2) == 0
+    second = study.ask(dims)
+    trials.tell_repeats(study, [second])  # a second repeat: 2 repeats > 1 recipe finished -> the space is used up
+    assert studies.to_ask(study, None, None, 2) == 0 and studies.to_ask(study, 9, None, 2) == 2
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -365,6 +412,8 @@ def test_three_trial_search_end_to_end(tiny_model_dir, mlflow_uri, tmp_path):
     summary = json.loads(next((out / "search").glob("*/summary.json")).read_text())
     chosen = [r for r in runs if r.data.tags.get("selected") == "true"]
     assert len(chosen) == 1 and summary["summary"]["best"]["trial"] == int(chosen[0].data.tags["search.trial"])
+    settings = summary["summary"]["settings"]  # what a comparison of two searches must hold equal
+    assert (settings["sampler"], settings["seed"], settings["trials"], settings["startup_trials"]) == ("tpe", 0, 3, 2)
     assert "eval/accuracy" in chosen[0].data.metrics
     reg = summary["registered"]
     mv = MlflowClient(mlflow_uri).get_model_version_by_alias("effilm-mobile-bert", "mobile")
@@ -378,6 +427,14 @@ def test_three_trial_search_end_to_end(tiny_model_dir, mlflow_uri, tmp_path):
     finished = studies.finished(optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'mlflow.optuna.db'}"))
     assert len(finished) == 4 and sorted(r.data.tags["variant"] for r in trial_runs(mlflow_uri)) == \
         [f"trial-{t.number:03d}" for t in finished]
+    # the trials of two search runs in one `effilm compare` table, each row naming its flow run
+    parents = sorted({r.data.tags["mlflow.parentRunId"] for r in trial_runs(mlflow_uri)})
+    assert len(parents) == 2
+    assert main(["compare", "--run", *parents, "--out", str(tmp_path / "cmp")]) == 0
+    table = pd.read_csv(next((tmp_path / "cmp").glob("*.csv")))
+    assert sorted(table.loc[table["variant"].str.startswith("trial-"), "variant"]) == \
+        [f"trial-{t.number:03d}" for t in finished]
+    assert table["flow"].nunique() == 2 and (table["variant"] == "teacher-fp32").sum() == 2
 
     # constraints no trial can meet (a new study; the built folders are reused): nothing is registered, and the
     # nearest miss is test-evaluated and reported with how far it missed on validation

@@ -401,8 +401,10 @@ class SearchSpace(Strict):
 class SearchConfig(Strict):
     """``effilm search mobile-bert``: a multi-objective recipe search (Optuna) under the ``constraints``."""
 
-    trials: int = Field(24, ge=1, description="trials to finish (completed or stopped early), counted across resumes")
-    time_budget_minutes: float | None = Field(None, gt=0, description="stop asking for new trials after this long")
+    trials: int | None = Field(24, ge=1, description="trials to finish (completed or stopped early), counted across "
+                               "resumes; null: no count, search.time_budget_minutes ends the search")
+    time_budget_minutes: float | None = Field(None, gt=0, description="stop asking for new trials this long after "
+                                              "the search started (the teacher included)")
     sampler: Literal["tpe", "nsga2", "random"] = Field(
         "tpe", description="tpe: Optuna's multi-objective TPE (learns from the first trials: right for budgets of "
         "tens of trials); nsga2: evolutionary (needs generations of ~population_size trials); random: the baseline")
@@ -437,6 +439,8 @@ class SearchConfig(Strict):
     def _check(self) -> "SearchConfig":
         if len(set(self.objectives)) != len(self.objectives) or "accuracy" not in self.objectives:
             raise ValueError("objectives: list each objective once, accuracy included")
+        if self.trials is None and self.time_budget_minutes is None:
+            raise ValueError("trials: null (no count) needs time_budget_minutes, or the search would never end")
         if 1 not in self.benchmark.batch_sizes or 1 not in self.benchmark.threads:
             raise ValueError("benchmark: the latency objective needs batch size 1 and 1 thread")
         for i, recipe in enumerate(self.seed_recipes):

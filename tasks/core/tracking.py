@@ -503,11 +503,12 @@ def download_text(run_id: str, artifact_file: str) -> str:
         return Path(client().download_artifacts(run_id, artifact_file, tmp)).read_text()
 
 
-def ui_compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
+def ui_compare_url(base: str, experiment_id: str | list[str], run_ids: list[str]) -> str:
     """The MLflow UI's compare-runs page for these runs (open it in `effilm ui` / a tracking server)."""
     from urllib.parse import quote
 
-    return f"{base.rstrip('/')}/#/compare-runs?runs={quote(json.dumps(run_ids))}&experiments={quote(json.dumps([experiment_id]))}"
+    experiments = [experiment_id] if isinstance(experiment_id, str) else list(experiment_id)
+    return f"{base.rstrip('/')}/#/compare-runs?runs={quote(json.dumps(run_ids))}&experiments={quote(json.dumps(experiments))}"
 
 
 def search_runs_frame(experiment_id: str, filter_string: str = "", order_by: list[str] | None = None,

@@ -3,6 +3,7 @@
     effilm compare                                   # newest mobile-bert flow run
     effilm compare --experiment effilm/long-document --metrics 'eval/*' 'bench/*4096*'
     effilm compare --run <parent-run-id> --out outputs/compare
+    effilm compare --run <search-run-id> <flow-run-id>   # a search's trials beside `effilm run`'s variants
 
 The variant runs are read with ``mlflow.search_runs`` (a DataFrame with ``metrics.*``/``tags.*`` columns, through
 ``tasks.core.tracking``); the table is that frame's chosen columns, printed and written as markdown
@@ -70,22 +71,37 @@ def _column(runs: pd.DataFrame, name: str, default=None) -> pd.Series:
     return runs[name] if name in runs.columns else pd.Series(default, index=runs.index, dtype=object)
 
 
-def collect(experiment: str | None = None, run_id: str | None = None, metrics: list[str] | None = None) -> dict:
-    """-> {"parent": run, "columns": [metric keys], "frame": DataFrame (variant, technique, status, run_id, metrics...),
-    "rows": the frame's records (missing metrics as None)}"""
-    parent = _parent(experiment, run_id)
-    runs = tracking.search_runs_frame(parent.info.experiment_id, f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                                      order_by=["attributes.start_time ASC"])
-    if runs.empty:
-        raise CompareError(f"run {parent.info.run_id} has no variant runs to compare")
+def collect(experiment: str | None = None, run_id: str | list[str] | None = None,
+            metrics: list[str] | None = None) -> dict:
+    """-> {"parent": the first flow run, "parents": every flow run, "columns": [metric keys], "frame": DataFrame
+    (variant, technique, status, run_id, [flow: when several flow runs], metrics...), "rows": the frame's records
+    (missing metrics as None)}. Several run ids: their variant runs in one table (e.g. a search's trials beside the
+    hand-written variants of `effilm run`), each row naming its flow run."""
+    ids = [run_id] if isinstance(run_id, str) else list(dict.fromkeys(run_id or []))
+    parents = list({p.info.run_id: p for p in (_parent(experiment, r) for r in ids or [None])}.values())
+    frames = []
+    for parent in parents:
+        runs = tracking.search_runs_frame(parent.info.experiment_id,
+                                          f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                          order_by=["attributes.start_time ASC"])
+        if runs.empty:
+            raise CompareError(f"run {parent.info.run_id} has no variant runs to compare")
+        frames.append(runs.assign(flow=f"{parent.info.run_name} ({parent.info.run_id[:8]})"))
+    runs = pd.concat(frames, ignore_index=True)
     keys = {c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any()}
     columns = _pick_columns(keys, metrics)
+    flow = {"flow": runs["flow"]} if len(parents) > 1 else {}
     frame = pd.DataFrame({"variant": _column(runs, "tags.variant").fillna(_column(runs, "tags.mlflow.runName")),
                           "technique": _column(runs, "tags.technique").fillna(""),
-                          "status": runs["status"], "run_id": runs["run_id"],
+                          "status": runs["status"], "run_id": runs["run_id"], **flow,
                           **{k: runs[f"metrics.{k}"] for k in columns}}).reset_index(drop=True)
     rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    return {"parent": parent, "columns": columns, "frame": frame, "rows": rows}
+    return {"parent": parents[0], "parents": parents, "columns": columns, "frame": frame, "rows": rows}
+
+
+def _ids(table: dict) -> list[str]:
+    """variant and technique, and the flow run where the table holds several."""
+    return ["variant", "technique", *(["flow"] if "flow" in table["frame"] else [])]
 
 
 def _fmt(v) -> str:
@@ -100,20 +116,24 @@ def _fmt(v) -> str:
 
 def render_markdown(table: dict) -> str:
     """variant, technique and the chosen metrics as a markdown table (numbers right-aligned)."""
-    head = ["variant", "technique", *table["columns"]]
-    cells = table["frame"][head].astype(object).map(_fmt)
-    return cells.to_markdown(index=False, disable_numparse=True, colalign=["left", "left"] + ["right"] * len(table["columns"]))
+    ids = _ids(table)
+    cells = table["frame"][[*ids, *table["columns"]]].astype(object).map(_fmt)
+    return cells.to_markdown(index=False, disable_numparse=True,
+                             colalign=["left"] * len(ids) + ["right"] * len(table["columns"]))
 
 
 render_text = render_markdown  # the terminal shows the same table (a pipe table reads as plain text, pastes as markdown)
 
 
 def write(table: dict, out_dir: str | Path) -> dict[str, str]:
-    parent = table["parent"]
+    parents = table.get("parents") or [table["parent"]]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", parent.data.tags.get("case_study", "runs")) + f"-{parent.info.run_id[:8]}"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", parents[0].data.tags.get("case_study", "runs")) + \
+        "".join(f"-{p.info.run_id[:8]}" for p in parents)
     csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
-    table["frame"][[*ID_COLUMNS, *table["columns"]]].to_csv(csv_path, index=False)
-    md_path.write_text(f"# {parent.info.run_name} ({parent.info.run_id})\n\n{render_markdown(table)}\n")
+    extra = ["flow"] if "flow" in table["frame"] else []
+    table["frame"][[*ID_COLUMNS, *extra, *table["columns"]]].to_csv(csv_path, index=False)
+    title = ", ".join(f"{p.info.run_name} ({p.info.run_id})" for p in parents)
+    md_path.write_text(f"# {title}\n\n{render_markdown(table)}\n")
     return {"csv": str(csv_path), "markdown": str(md_path)}

@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +75,11 @@ def open_study(name: str, storage: str, cfg: SearchConfig) -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler(cfg),
                                 load_if_exists=True)
     owner = study.user_attrs.get("owner")
-    if owner and owner["host"] == socket.gethostname() and owner["pid"] != os.getpid() and _alive(owner["pid"]):
+    if owner and not _mine(owner) and alive(owner, study):
+        where = "this host" if owner["host"] == socket.gethostname() else f"host {owner['host']} (heartbeat " \
+            f"{time.time() - study.user_attrs[_beat_key(owner)]:.0f} s ago)"
         raise ConfigError("effilm search", "search.study_name",
-                          f"study '{name}' is being searched by process {owner['pid']} on this host; wait for it, "
+                          f"study '{name}' is being searched by process {owner['pid']} on {where}; wait for it, "
                           "or give this search another search.study_name")
     version = study.user_attrs.get("params_version")
     if version is None and study.get_trials(deepcopy=False):
@@ -85,7 +90,9 @@ def open_study(name: str, storage: str, cfg: SearchConfig) -> optuna.Study:
                           f"(params version {version}, this one {PARAMS_VERSION}): its trials cannot be resumed; "
                           "give this search another search.study_name (or leave it unset)")
     study.set_user_attr("params_version", PARAMS_VERSION)
-    study.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    study.set_user_attr(_beat_key(me), time.time())  # alive from the moment it owns the study (see heartbeat)
+    study.set_user_attr("owner", me)
     return study
 
 
@@ -106,6 +113,53 @@ def _alive(pid: int) -> bool:
     return pid > 0 and pid_alive(pid)
 
 
+BEAT_SECONDS = 60.0  # a search process records its heartbeat in the study this often while its trials run
+STALE_SECONDS = 300.0  # another host's process silent this long is gone (hosts' clocks assumed within minutes)
+
+
+def _beat_key(owner: dict) -> str:
+    return f"heartbeat:{owner.get('host')}:{owner.get('pid')}"
+
+
+def _mine(owner: dict) -> bool:
+    return owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid()
+
+
+def alive(owner: dict | None, study: optuna.Study) -> bool:
+    """Whether the search process that owns a trial (or the study) still runs: on this host, its pid; on another
+    host (a study shared through PostgreSQL), a heartbeat in the study within ``STALE_SECONDS``."""
+    if not owner:
+        return False
+    if owner.get("host") == socket.gethostname():
+        return _mine(owner) or _alive(int(owner.get("pid", -1)))
+    beat = study.user_attrs.get(_beat_key(owner))
+    return beat is not None and time.time() - float(beat) < STALE_SECONDS
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, every: float = BEAT_SECONDS):
+    """While the trials run, this process's heartbeat in the study every ``every`` seconds: how a search resumed on
+    another host tells a live searcher's RUNNING trials from a killed one's (a pid means nothing across hosts).
+    Optuna's own heartbeat (``RDBStorage(heartbeat_interval=...)``) serves ``study.optimize`` only, not ask/tell."""
+    key, stop = _beat_key({"host": socket.gethostname(), "pid": os.getpid()}), threading.Event()
+    study.set_user_attr(key, time.time())  # the first beat before anything else runs
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                study.set_user_attr(key, time.time())
+            except Exception as exc:  # a storage hiccup must not stop the search; the next beat tries again
+                log.warning("search heartbeat not recorded: %s", exc)
+
+    thread = threading.Thread(target=beat, name="effilm-search-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
 MAX_RETRIES = 2  # an interrupted trial is queued again at most this many times (a recipe that kills the process)
 
 
@@ -115,13 +169,13 @@ def claim(trial) -> None:
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:
-    """Trials left RUNNING by a killed search process of this host: mark each FAIL and queue its recipe again (the
-    enqueued values included), so the trial is neither lost nor counted twice (its built folders are reused). A trial
-    of a live process, or of another host (a shared study), is left alone. -> the recovered trial numbers."""
+    """Trials left RUNNING by a killed search process (of this host: its pid is gone; of another host sharing the
+    study: its heartbeat is older than ``STALE_SECONDS``): mark each FAIL and queue its recipe again (the enqueued
+    values included), so the trial is neither lost nor counted twice (its built folders are reused). A live
+    process's trial is left alone. -> the recovered trial numbers."""
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get("owner") or {}
-        if owner.get("host") != socket.gethostname() or _alive(owner.get("pid", -1)):
+        if alive(t.user_attrs.get("owner"), study):
             continue
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         retries = int(t.user_attrs.get("retries", 0))
@@ -150,10 +204,21 @@ def repeats(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=FINISHED) if "duplicate_of" in t.user_attrs]
 
 
-def spent(study: optuna.Study, budget: int) -> int:
+def spent(study: optuna.Study, budget: int | None) -> int:
     """Trials counted against ``--trials``: the finished ones; a repeat only once there have been ``budget`` of
-    them (a small space the sampler has exhausted still ends)."""
-    return len(finished(study)) + max(0, len(repeats(study)) - budget)
+    them (a small space the sampler has exhausted still ends). No budget: the finished trials."""
+    return len(finished(study)) + (max(0, len(repeats(study)) - budget) if budget is not None else 0)
+
+
+def to_ask(study: optuna.Study, trials: int | None, deadline: float | None, batch: int) -> int:
+    """How many trials the next batch asks for: 0 once ``trials`` are spent or the deadline (``time.monotonic``)
+    has passed; with no count (a time budget alone), 0 also once the sampler has drawn more repeats than new
+    recipes (a small space used up: asking on would only repeat until the deadline)."""
+    if deadline is not None and time.monotonic() >= deadline:
+        return 0
+    if trials is None:
+        return 0 if len(repeats(study)) > max(len(finished(study)), 1) else batch
+    return max(0, min(batch, trials - spent(study, trials)))
 
 
 def wall_seconds(study: optuna.Study) -> float | None:

@@ -194,8 +194,9 @@ def run_batch(cfg, parent: str, base: dict, study, batch: list, dirs: dict, laye
         if t.number in broken:
             fail(study, t, broken[t.number])
     errors = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if "error" in t.user_attrs]
-    if len(errors) > 2 * s.trials:
-        raise RuntimeError(f"{len(errors)} trials failed (more than twice the budget of {s.trials}); the last: "
+    budget = s.trials or max(len(studies.finished(study)), s.startup_trials)  # no count: twice what has finished
+    if len(errors) > 2 * budget:
+        raise RuntimeError(f"{len(errors)} trials failed (more than twice the budget of {budget}); the last: "
                            f"{errors[-1].user_attrs['error'][:500]}")
 
 
