@@ -113,7 +113,7 @@ def _alive(pid: int) -> bool:
     return pid > 0 and pid_alive(pid)
 
 
-BEAT_SECONDS = 60.0  # a search process records its heartbeat in the study this often while its trials run
+BEAT_SECONDS = 60.0  # a search process records its heartbeat in the study this often while it holds the study
 STALE_SECONDS = 300.0  # another host's process silent this long is gone (hosts' clocks assumed within minutes)
 
 
@@ -138,7 +138,7 @@ def alive(owner: dict | None, study: optuna.Study) -> bool:
 
 @contextmanager
 def heartbeat(study: optuna.Study, every: float = BEAT_SECONDS):
-    """While the trials run, this process's heartbeat in the study every ``every`` seconds: how a search resumed on
+    """While the search holds the study, this process's heartbeat in it every ``every`` seconds: how a search resumed on
     another host tells a live searcher's RUNNING trials from a killed one's (a pid means nothing across hosts).
     Optuna's own heartbeat (``RDBStorage(heartbeat_interval=...)``) serves ``study.optimize`` only, not ask/tell."""
     key, stop = _beat_key({"host": socket.gethostname(), "pid": os.getpid()}), threading.Event()

@@ -62,3 +62,38 @@ def test_flows_at_once_against_mlflow_server_on_postgresql(tiny_model_dir, tmp_p
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         local = tracking.download_model(versions[0].run_id, dst=str(tmp_path / "dl"))
         assert models.read_manifest(local)["labels"]
+
+
+def test_a_search_study_on_postgresql_has_its_own_schema_and_recovers_a_silent_hosts_trial(tmp_path):
+    """`effilm search` against a PostgreSQL tracking store: the study lives in schema `optuna` of the same database
+    (MLflow's tables stay in `public`), and a trial of a searcher on another host whose heartbeat went silent is
+    queued again by the next search that opens the study, while a live host's trial is left to it."""
+    import time
+
+    import sqlalchemy as sa
+
+    from tasks.core.config import SearchConfig
+    from tasks.search import recipes, study as studies
+
+    with postgres(tmp_path) as db:
+        url = studies.storage_url(db, tmp_path / "out")
+        cfg = SearchConfig(sampler="random")
+        study = studies.open_study("team", url, cfg)
+        live, gone = study.ask(), study.ask()
+        drawn = {}
+        for t, host in ((live, "host-a"), (gone, "host-b")):
+            drawn[host] = recipes.suggest(t, cfg.space, 6)
+            t.set_user_attr("owner", {"host": host, "pid": 5})
+        study.set_user_attr("heartbeat:host-a:5", time.time() - 20)
+        study.set_user_attr("heartbeat:host-b:5", time.time() - 900)
+        again = studies.open_study("team", studies.storage_url(db, tmp_path / "out"), cfg)
+        assert studies.recover_interrupted(again) == [gone.number]
+        retry = again.ask()
+        assert retry.user_attrs["retry_of"] == gone.number and recipes.suggest(retry, cfg.space, 6) == drawn["host-b"]
+        engine = sa.create_engine(db)
+        with engine.connect() as conn:
+            tables = set(conn.execute(sa.text("SELECT table_schema, table_name FROM information_schema.tables "
+                                              "WHERE table_schema IN ('optuna', 'public')")).all())
+        engine.dispose()
+        assert ("optuna", "studies") in tables and ("optuna", "trials") in tables
+        assert not {name for schema, name in tables if schema == "public"} & {"studies", "trials"}
