@@ -100,7 +100,7 @@ def collect(experiment: str | None = None, run_id: str | list[str] | None = None
 
 
 def _ids(table: dict) -> list[str]:
-    """variant and technique, and the flow run where the table holds several."""
+    """variant and technique, then the flow run where the table holds several."""
     return ["variant", "technique", *(["flow"] if "flow" in table["frame"] else [])]
 
 
@@ -126,14 +126,13 @@ render_text = render_markdown  # the terminal shows the same table (a pipe table
 
 
 def write(table: dict, out_dir: str | Path) -> dict[str, str]:
-    parents = table.get("parents") or [table["parent"]]
+    parents = table["parents"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", parents[0].data.tags.get("case_study", "runs")) + \
         "".join(f"-{p.info.run_id[:8]}" for p in parents)
     csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
-    extra = ["flow"] if "flow" in table["frame"] else []
-    table["frame"][[*ID_COLUMNS, *extra, *table["columns"]]].to_csv(csv_path, index=False)
+    table["frame"][[*ID_COLUMNS, *_ids(table)[2:], *table["columns"]]].to_csv(csv_path, index=False)
     title = ", ".join(f"{p.info.run_name} ({p.info.run_id})" for p in parents)
     md_path.write_text(f"# {title}\n\n{render_markdown(table)}\n")
     return {"csv": str(csv_path), "markdown": str(md_path)}
