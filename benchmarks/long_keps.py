@@ -8,8 +8,9 @@ Summary when ../shared has it).
                                                                        # a CPU-sized run (2 cores: ~45 min)
     python benchmarks/long_keps.py --seeds 0 --max-steps 2 --mechanisms truncate-512 --eval-max-docs 8 \\
         --no-summaries --results-dir /tmp/bench                        # trial
-    python benchmarks/long_keps.py --mechanisms --seeds 0 --no-summaries --name long_keps_peers
-                                                                       # the peers alone (deterministic; 2 cores: ~13 min)
+    python benchmarks/long_keps.py --mechanisms --seeds 0 --no-summaries --name long_keps_peers --corpus-cv 2
+                                                                       # the peers alone (deterministic), and by nested
+                                                                       # cross-validation over all 618 KEPs
 
 Per mechanism: test macro-F1 mean and sd over seeds, accuracy, macro-F1 on documents over 2,048 tokens, training
 steps and seconds; a bootstrap 95 % interval (documents resampled, 2,000 times, seeds averaged) of each mechanism's
@@ -91,6 +92,61 @@ def frozen_probe(info: dict, model_cfg, train_cfg, test, y: list[int], buckets: 
             "predictions": preds, "params": params}
 
 
+def corpus_cv(info: dict, model_cfg, long_cfg, names: list[str], repeats: int) -> dict:
+    """The peers by nested cross-validation over the whole corpus (train + validation + test, 618 KEPs): ``repeats``
+    x stratified 5-fold; in each outer fold C (and the hybrid's share) is chosen by the same inner cross-validation as
+    in the flow (classic.fit_predict) on the other four fifths. The fixed test split has 123 documents over 14 classes
+    (one document moves macro-F1 by about a point): this says whether its verdict between peers is the corpus's.
+    -> {"folds", "repeats", "macro_f1": {name: [one per outer fold]}, "by_repeat": {name: [mean per repeat]},
+        "paired": {name: {"diff_vs_tfidf_whole_mean", "wins", "folds"}}}"""
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import RepeatedStratifiedKFold
+    from tqdm.auto import tqdm
+
+    from tasks.core import data as data_mod
+    from tasks.core import models
+    from tasks.longdoc import classic
+
+    labels = info["labels"]
+    splits = ("train", "val", "test")
+    frames = [data_mod.load_split(info["paths"][s]) for s in splits]
+    texts = [t for f in frames for t in f["text"].tolist()]
+    y = np.array([labels.index(x) for f in frames for x in f["label"]])
+    inputs = {}
+    if any(n.startswith("tfidf") or n == "hybrid" for n in names):
+        inputs["tfidf"] = np.array(texts, dtype=object)
+        if "tfidf-first512" in names:
+            tok = models.load_tokenizer(model_cfg.source, model_cfg.trust_remote_code, model_cfg.revision)
+            inputs["first512"] = np.array(classic.first_tokens(tok, texts, 510), dtype=object)
+    if any(n in ("embed-chunks", "hybrid") for n in names):
+        device = models.pick_device(long_cfg.device)
+        inputs["embed"] = np.vstack([classic.split_embeddings(model_cfg, info, s, long_cfg.max_tokens, device)
+                                     for s in splits])
+    parts = {"tfidf-first512": {"tfidf": "first512"}, "tfidf-whole": {"tfidf": "tfidf"},
+             "embed-chunks": {"embed": "embed"}, "hybrid": {"tfidf": "tfidf", "embed": "embed"}}
+    cv = RepeatedStratifiedKFold(n_splits=5, n_repeats=repeats, random_state=0)
+    scores: dict[str, list[float]] = {n: [] for n in names}
+    folds = list(cv.split(texts, y))
+    for tr, te in tqdm(folds, desc="corpus cross-validation", unit="fold"):
+        for n in names:
+            part = {p: (list(inputs[src][tr]) if p == "tfidf" else inputs[src][tr],
+                        list(inputs[src][te]) if p == "tfidf" else inputs[src][te]) for p, src in parts[n].items()}
+            preds, _ = classic.fit_predict(part, y[tr].tolist(), len(labels))
+            scores[n].append(float(f1_score(y[te], preds, labels=list(range(len(labels))), average="macro",
+                                            zero_division=0)))
+    out = {"folds": len(folds), "repeats": repeats, "documents": len(y),
+           "macro_f1": {n: [round(v, 4) for v in vs] for n, vs in scores.items()},
+           "by_repeat": {n: [round(float(np.mean(vs[r * 5:(r + 1) * 5])), 4) for r in range(repeats)]
+                         for n, vs in scores.items()}, "paired": {}}
+    if "tfidf-whole" in scores:
+        for n, vs in scores.items():
+            if n != "tfidf-whole":
+                d = np.asarray(vs) - np.asarray(scores["tfidf-whole"])
+                out["paired"][n] = {"diff_vs_tfidf_whole_mean": round(float(d.mean()), 4),
+                                    "wins": int((d > 0).sum()), "ties": int((d == 0).sum()), "folds": len(d)}
+    return out
+
+
 def main() -> int:
     ap = parser(__doc__)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -113,6 +169,9 @@ def main() -> int:
     ap.add_argument("--no-summaries", action="store_true")
     ap.add_argument("--summary-epochs", type=float, default=2.0, help="fine-tuning of the extractive scorer")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--corpus-cv", type=int, default=0, metavar="REPEATS",
+                    help="also score the peers (--classic) by nested cross-validation over all 618 KEPs, REPEATS x "
+                         "5 folds (the test split alone is 123 documents; 2 cores: ~3 min per repeat and peer)")
     a = ap.parse_args()
 
     from tasks.core import data as data_mod
@@ -258,12 +317,23 @@ def main() -> int:
             base = max(s.get("lead-k", 0), s.get("textrank", 0))
             checks.append(f"summarization {ds}: extractive ROUGE-2 {s.get('extractive-long', 0):.4f} vs best baseline "
                           f"{base:.4f} ({(s.get('extractive-long', 0) - base) * 100:+.1f} points, target +2)")
+    corpus = corpus_cv(info, model_cfg, long_cfg, a.classic, a.corpus_cv) if a.corpus_cv and a.classic else None
     md = [f"KEPs test split ({len(y_test)} documents; lengths p50 {int(np.median(lengths))} tokens), seeds {a.seeds}, "
           f"device {a.device}; " + (f"training: {'max_steps ' + str(a.max_steps) if a.max_steps else str(a.epochs) + ' epochs'}, "
           f"batch {a.batch_size}, lr {a.lr}, head {a.head_init}, long models at {a.train_max_tokens} tokens; " if a.mechanisms
           else "no mechanism trained (the peers and the frozen probe alone); ") + f"evaluation (and embed-chunks) up to "
           f"{a.eval_max_tokens} tokens. Total {time.perf_counter() - t_all:.0f} s.", "", markdown_table(rows), "",
           "Targets:", "", *[f"- {c}" for c in checks], "", f"![accuracy by length]({a.name}_by_length.png)"]
+    if corpus:
+        md += ["", f"The peers by nested cross-validation over all {corpus['documents']} KEPs ({corpus['repeats']} x "
+               "stratified 5-fold; C and the hybrid's share chosen inside each outer fold, as in the flow):", "",
+               markdown_table([{"peer": n, "macro-F1 (mean ± sd over folds)": f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}",
+                                "mean per repeat": ", ".join(f"{x:.3f}" for x in corpus["by_repeat"][n]),
+                                "Δ vs TF-IDF whole (mean of paired folds)": "" if n not in corpus["paired"] else
+                                f"{corpus['paired'][n]['diff_vs_tfidf_whole_mean'] * 100:+.1f} points",
+                                "folds it wins": "" if n not in corpus["paired"] else
+                                f"{corpus['paired'][n]['wins']} of {corpus['paired'][n]['folds']}"}
+                               for n, v in corpus["macro_f1"].items()], disable_numparse=True)]
     for ds in ("keps", "bbc-news-summary"):
         if ds + "_detail" in summaries:
             md += ["", f"Summarization, {ds} (ROUGE-2; k on validation):", "",
@@ -271,7 +341,7 @@ def main() -> int:
     write_results(a.name, {"mechanisms": mech_json, "summarization": {k: v for k, v in summaries.items()
                                                                           if not k.endswith("_detail")},
                                 "summarization_detail": {k: v for k, v in summaries.items() if k.endswith("_detail")},
-                                "checks": checks, "settings": vars(a) | {"results_dir": str(a.results_dir),
+                                "checks": checks, **({"corpus_cv": corpus} if corpus else {}), "settings": vars(a) | {"results_dir": str(a.results_dir),
                                                                          "work": str(work)}},
                   "\n".join(md), out)
     print("\n".join(md))
