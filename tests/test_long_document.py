@@ -453,10 +453,13 @@ def test_length_budget_centroid_and_oracle_order():
     assert sorted(order) == [0, 1, 2] and set(order[:2]) == {0, 2} and order[2] == 1
 
 
-def test_extractive_scorer_learns_which_sentence_the_reference_takes(tiny_cls):
+@pytest.mark.parametrize("global_markers", [False, True], ids=["first-marker-global", "every-marker-global"])
+def test_extractive_scorer_learns_which_sentence_the_reference_takes(tiny_cls, global_markers):
     """The long encoder trained on oracle labels: documents whose reference is always the sentence that names a
     zebra, wherever it stands. Untrained, the scorer ranks it first about as often as chance; trained (warm head, then
-    end-to-end epochs, the best state on validation kept), far more often on unseen documents."""
+    end-to-end epochs, the best state on validation kept), far more often on unseen documents — with global attention
+    on the first marker or on every one (summarize.scorer.global_markers: training then backpropagates through one
+    global row and column per sentence)."""
     import random
 
     from tasks.core.config import ScorerConfig
@@ -472,7 +475,8 @@ def test_extractive_scorer_learns_which_sentence_the_reference_takes(tiny_cls):
         return sents, pos
 
     tok = models.load_tokenizer(tiny_cls)
-    scorer = summarize.SentenceScorer(longify.longify(tiny_cls, 2048, 32, "sliding"), torch.device("cpu"))
+    scorer = summarize.SentenceScorer(longify.longify(tiny_cls, 2048, 32, "sliding"), torch.device("cpu"),
+                                      global_markers)
     val, test = [doc() for _ in range(10)], [doc() for _ in range(30)]
 
     def hits(docs):

@@ -580,6 +580,9 @@ class ScorerConfig(Strict):
     learning_rate: float = Field(3e-5, gt=0, lt=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_train_docs: int | None = Field(None, ge=1, description="train on at most this many documents")
+    global_markers: bool = Field(False, description="global attention on every sentence marker (each sentence's "
+                                 "state reads the whole document, Longformer's summarization recipe) instead of on "
+                                 "the first marker alone")
 
 
 class SummarizeConfig(Strict):

@@ -470,7 +470,7 @@ def run(cfg: SummarizeConfig | dict, long_cfg: LongConfig | dict, model_dir: str
     long = longify.longify(model_dir, long_cfg.max_positions, long_cfg.attention_window, "sliding",
                            long_cfg.attention_backend)
     max_tokens = min(cfg.max_tokens, long_cfg.max_positions)
-    scorer = SentenceScorer(long, device)
+    scorer = SentenceScorer(long, device, cfg.scorer.global_markers)
     examples = []
     for d in train_docs[: cfg.scorer.max_train_docs]:
         ids, marks = marked(tok, d["sentences"], max_tokens)
