@@ -34,9 +34,10 @@ PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev services
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
-# Regenerates every file in benchmarks/results/, each stamped with git commit, machine and command (about 2 h on
-# 2 cores, measured 2026-11-23/24): quick_profile ~5 min, mobile_targets ~30 (the whole quick profile cold + re-run,
-# and the int8 paths), summarization ~15 (needs ../shared/data/bbc-news-summary) and ~26 on the packaged KEPs,
+# Regenerates every file in benchmarks/results/, each stamped with git commit, machine and command (about 2.5 h on
+# 2 cores, measured 2026-11-23/24 and 12-07): quick_profile ~5 min, mobile_targets ~30 (the whole quick profile cold +
+# re-run, and the int8 paths), summarization ~47 (all 2,225 articles of ../shared/data/bbc-news-summary) and ~26 on
+# the packaged KEPs,
 # long_attention ~15 (3 processes per cell), long_quick ~33 (the long-document quick profile cold),
 # reproduce_teacher ~5 (`effilm reproduce` of quick_profile's teacher run, read
 # from the store quick_profile left in $(BENCH_WORK); last, so a reproduction outside tolerance - exit 1, its results

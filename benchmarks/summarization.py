@@ -13,6 +13,7 @@ sentence), fine-tuned end to end with its scoring head (`tasks/longdoc/summarize
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -33,8 +34,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=float, default=2.0, help="scorer fine-tuning passes (the best epoch on "
                     "validation is kept, the warm start included)")
     ap.add_argument("--lr", type=float, default=5e-5, help="scorer fine-tuning learning rate")
-    ap.add_argument("--global-markers", action="store_true", help="global attention on every sentence marker "
-                    "(summarize.scorer.global_markers), not only the first")
+    ap.add_argument("--global-markers", action=argparse.BooleanOptionalAction, default=True,
+                    help="global attention on every sentence marker (summarize.scorer.global_markers); "
+                         "--no-global-markers: on the first marker alone")
     a = ap.parse_args()
     from tasks.core import models
     from tasks.longdoc import summarize

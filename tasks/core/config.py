@@ -580,9 +580,10 @@ class ScorerConfig(Strict):
     learning_rate: float = Field(3e-5, gt=0, lt=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_train_docs: int | None = Field(None, ge=1, description="train on at most this many documents")
-    global_markers: bool = Field(False, description="global attention on every sentence marker (each sentence's "
-                                 "state reads the whole document, Longformer's summarization recipe) instead of on "
-                                 "the first marker alone")
+    global_markers: bool = Field(True, description="global attention on every sentence marker (each sentence's "
+                                 "state reads the whole document, Longformer's summarization recipe); false: on the "
+                                 "first marker alone (BBC News Summary: validation ROUGE-2 0.7101 vs 0.7061, ~30 % "
+                                 "more inference time)")
 
 
 class SummarizeConfig(Strict):

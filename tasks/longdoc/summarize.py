@@ -249,8 +249,8 @@ def sentence_features(long_model, tokenizer, sentences: list[str], max_tokens: i
 
 
 class SentenceScorer:
-    """The long encoder fine-tuned as the extractive scorer: one [CLS] marker per sentence (local attention around
-    it; the document's first marker global), a linear score on each sentence's mean final state in the context of
+    """The long encoder fine-tuned as the extractive scorer: one [CLS] marker per sentence, each with global attention
+    (``global_markers``; false: the document's first marker alone, the others local), a linear score on each sentence's mean final state in the context of
     the document's (:func:`sentence_in_document`), trained end to end on
     greedy-ROUGE oracle labels (weighted binary cross-entropy: few sentences are positive). Only the encoder reads
     the text — no TextRank, centroid or position feature: those are the baselines it is compared with.
@@ -259,7 +259,7 @@ class SentenceScorer:
     fine-tunes encoder and head together; after every epoch (and for the warm start, epoch 0) the validation
     documents are scored and the best state is kept, so fine-tuning is used only where validation says it helps."""
 
-    def __init__(self, long_model, device, global_markers: bool = False):
+    def __init__(self, long_model, device, global_markers: bool = True):
         import torch
 
         self.long, self.device, self.global_markers = long_model.to(device), device, global_markers
