@@ -61,7 +61,8 @@ def main() -> int:
     margins = {name: round(100 * (r2["extractive-long"] - v), 2) for name, v in r2.items()
                if name not in ("extractive-long", "oracle")}
     ext = res["methods"]["extractive-long"]
-    md = (f"Data: {res['data']}, " + (f"at most {a.max_docs} documents sampled (seed 42)" if a.max_docs else "all documents") + f", split 50/25/25; test documents: {res['num_test']}. "
+    sample = f"at most {a.max_docs} documents sampled (seed 42)" if a.max_docs else "all documents"
+    md = (f"Data: {res['data']}, {sample}, split 50/25/25; test documents: {res['num_test']}. "
           f"Total {seconds:.0f} s. Scorer: {a.epochs:g} epochs at lr {a.lr:g}, global attention on "
           f"{'every sentence marker' if a.global_markers else 'the first marker'}, over {ext.get('train_docs')} documents "
           f"({ext.get('train_seconds')} s); validation ROUGE-2 by epoch (0 = warm start): "

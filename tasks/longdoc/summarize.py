@@ -250,8 +250,8 @@ def sentence_features(long_model, tokenizer, sentences: list[str], max_tokens: i
 
 class SentenceScorer:
     """The long encoder fine-tuned as the extractive scorer: one [CLS] marker per sentence, each with global attention
-    (``global_markers``; false: the document's first marker alone, the others local), a linear score on each sentence's mean final state in the context of
-    the document's (:func:`sentence_in_document`), trained end to end on
+    (``global_markers``; false: the document's first marker alone, the others local), a linear score on each
+    sentence's mean final state in the context of the document's (:func:`sentence_in_document`), trained end to end on
     greedy-ROUGE oracle labels (weighted binary cross-entropy: few sentences are positive). Only the encoder reads
     the text — no TextRank, centroid or position feature: those are the baselines it is compared with.
 
