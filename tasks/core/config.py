@@ -598,7 +598,10 @@ class SummarizeConfig(Strict):
                                 "(budget words: k x the training references' mean sentence length in words)")
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     max_tokens: int = Field(1024, ge=64, description="tokens of the document the extractive encoder reads")
-    oracle_max_sentences: int = Field(4, ge=1)
+    oracle_max_sentences: int = Field(
+        4, ge=1, description="at most this many sentences in a document's greedy-ROUGE oracle labels (the scorer's "
+        "training targets); the greedy choice also stops when ROUGE stops improving, so a large value means no cap. "
+        "Keep it at or above the reference summaries' usual sentence count: a lower cap labels summary sentences 0")
     abstractive_model: str | None = Field(None, description="LED / seq2seq model id or folder (full profile)")
     generation: dict[str, Any] = Field(default_factory=lambda: {"max_new_tokens": 128, "num_beams": 2})
 

@@ -36,6 +36,7 @@ def markdown(results: list[dict], scale_rows: list[dict], summaries: dict, bucke
         table = pd.DataFrame([{"method": method, "ROUGE-1": round(res["metrics"]["eval/rouge1"], 4),
                                "ROUGE-2": round(res["metrics"]["eval/rouge2"], 4),
                                "ROUGE-L": round(res["metrics"]["eval/rougeL"], 4),
+                               "val ROUGE-2": round(res["metrics"].get("val/rouge2", float("nan")), 4),
                                "words": round(res["metrics"]["eval/summary_words"], 1),
                                "budget": f"{res['budget_words']} words" if "budget_words" in res else f"k={res.get('k')}",
                                "s/doc": round(res["metrics"]["eval/seconds_per_doc"], 3)}

@@ -512,18 +512,21 @@ def run(cfg: SummarizeConfig | dict, long_cfg: LongConfig | dict, model_dir: str
                                       or [d["summary"]]]))
         budgets = sorted({max(1, int(round(k * per_sentence))) for k in cfg.k_values})
         compared = [m for m in rankers if m != "oracle"]
-        words = max(budgets, key=lambda w: np.mean([_r2(val, lambda d, m=m: within_budget(d["sentences"], rank(m, d), w))
-                                                     for m in compared]))
+        val_r2 = {(m, w): _r2(val, lambda d, m=m, w=w: within_budget(d["sentences"], rank(m, d), w))
+                  for m in rankers for w in budgets}
+        words = max(budgets, key=lambda w: np.mean([val_r2[m, w] for m in compared]))
         for method in rankers:
             t = time.perf_counter()
             picks = [within_budget(d["sentences"], rank(method, d), words) for d in test]
-            methods[method] = {"budget_words": words, "metrics": _score(test, picks, time.perf_counter() - t)}
+            methods[method] = {"budget_words": words, "metrics": {**_score(test, picks, time.perf_counter() - t),
+                                                                  "val/rouge2": val_r2[method, words]}}
     else:
         for method in rankers:
-            k = max(cfg.k_values, key=lambda k: _r2(val, lambda d: sorted(rank(method, d)[:k])))
+            val_r2 = {k: _r2(val, lambda d, k=k: sorted(rank(method, d)[:k])) for k in cfg.k_values}
+            k = max(cfg.k_values, key=val_r2.get)
             t = time.perf_counter()
             picks = [sorted(rank(method, d)[:k]) for d in test]
-            methods[method] = {"k": k, "metrics": _score(test, picks, time.perf_counter() - t)}
+            methods[method] = {"k": k, "metrics": {**_score(test, picks, time.perf_counter() - t), "val/rouge2": val_r2[k]}}
     methods["extractive-long"].update(train_docs=len(examples), **{f"train_{k}": v for k, v in trained.items()})
 
     if cfg.abstractive_model:
