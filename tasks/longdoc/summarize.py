@@ -526,11 +526,11 @@ def run(cfg: SummarizeConfig | dict, long_cfg: LongConfig | dict, model_dir: str
                                                                   "val/rouge2": val_score}}
     else:
         for method in rankers:
-            val_r2 = {k: _r2(val, lambda d, k=k: sorted(rank(method, d)[:k])) for k in cfg.k_values}
-            k = max(cfg.k_values, key=val_r2.get)
+            by_k = {k: _r2(val, lambda d, k=k: sorted(rank(method, d)[:k])) for k in cfg.k_values}
+            k = max(cfg.k_values, key=by_k.get)
             t = time.perf_counter()
             picks = [sorted(rank(method, d)[:k]) for d in test]
-            methods[method] = {"k": k, "metrics": {**_score(test, picks, time.perf_counter() - t), "val/rouge2": val_r2[k]}}
+            methods[method] = {"k": k, "metrics": {**_score(test, picks, time.perf_counter() - t), "val/rouge2": by_k[k]}}
     methods["extractive-long"].update(train_docs=len(examples), **{f"train_{k}": v for k, v in trained.items()})
 
     if cfg.abstractive_model:
