@@ -34,6 +34,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=float, default=2.0, help="scorer fine-tuning passes (the best epoch on "
                     "validation is kept, the warm start included)")
     ap.add_argument("--lr", type=float, default=5e-5, help="scorer fine-tuning learning rate")
+    ap.add_argument("--loss", choices=["bce", "pairwise", "listwise"], default="bce",
+                    help="the scorer's training loss (summarize.scorer.loss)")
     ap.add_argument("--global-markers", action=argparse.BooleanOptionalAction, default=True,
                     help="global attention on every sentence marker (summarize.scorer.global_markers); "
                          "--no-global-markers: on the first marker alone")
@@ -50,7 +52,8 @@ def main() -> int:
     data = {"source": "bbc-summary", "path": a.path} if a.data == "bbc-summary" else {"source": "keps"}
     cfg = {"data": {**data, "max_docs": a.max_docs}, "k_values": [2, 3, 4, 5, 6, 7, 8],
            "max_tokens": a.max_tokens, "oracle_max_sentences": a.oracle_max_sentences,
-           "scorer": {"epochs": a.epochs, "learning_rate": a.lr, "global_markers": a.global_markers}}
+           "scorer": {"epochs": a.epochs, "learning_rate": a.lr, "global_markers": a.global_markers,
+                      "loss": a.loss}}
     t0 = time.perf_counter()
     res = summarize.run(cfg, {"max_positions": 4096, "attention_window": 256}, model_dir, 42, tempfile.mkdtemp())
     seconds = time.perf_counter() - t0
@@ -68,7 +71,7 @@ def main() -> int:
     ext = res["methods"]["extractive-long"]
     sample = f"at most {a.max_docs} documents sampled (seed 42)" if a.max_docs else "all documents"
     md = (f"Data: {res['data']}, {sample}, split 50/25/25; test documents: {res['num_test']}. "
-          f"Total {seconds:.0f} s. Scorer: {a.epochs:g} epochs at lr {a.lr:g}, global attention on "
+          f"Total {seconds:.0f} s. Scorer: {a.epochs:g} epochs at lr {a.lr:g}, {a.loss} loss, global attention on "
           f"{'every sentence marker' if a.global_markers else 'the first marker'}, oracle labels of at most "
           f"{a.oracle_max_sentences} sentences, over {ext.get('train_docs')} documents "
           f"({ext.get('train_seconds')} s); validation ROUGE-2 by epoch (0 = warm start): "

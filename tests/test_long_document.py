@@ -455,13 +455,14 @@ def test_length_budget_centroid_and_oracle_order():
     assert sorted(order) == [0, 1, 2] and set(order[:2]) == {0, 2} and order[2] == 1
 
 
-@pytest.mark.parametrize("global_markers", [False, True], ids=["first-marker-global", "every-marker-global"])
-def test_extractive_scorer_learns_which_sentence_the_reference_takes(tiny_cls, global_markers):
+@pytest.mark.parametrize("global_markers,loss", [(False, "bce"), (True, "bce"), (True, "pairwise"), (True, "listwise")],
+                         ids=["first-marker-global", "every-marker-global", "pairwise-loss", "listwise-loss"])
+def test_extractive_scorer_learns_which_sentence_the_reference_takes(tiny_cls, global_markers, loss):
     """The long encoder trained on oracle labels: documents whose reference is always the sentence that names a
     zebra, wherever it stands. Untrained, the scorer ranks it first about as often as chance; trained (warm head, then
     end-to-end epochs, the best state on validation kept), far more often on unseen documents — with global attention
     on the first marker or on every one (summarize.scorer.global_markers: training then backpropagates through one
-    global row and column per sentence)."""
+    global row and column per sentence), trained with each loss (summarize.scorer.loss)."""
     import random
 
     from tasks.core.config import ScorerConfig
@@ -490,11 +491,28 @@ def test_extractive_scorer_learns_which_sentence_the_reference_takes(tiny_cls, g
         s, pos = doc()
         ids, marks = summarize.marked(tok, s, 512)
         examples.append((ids, marks, [int(i == pos) for i in range(len(s))]))
-    stats = scorer.train(examples, ScorerConfig(epochs=2, learning_rate=1e-4), seed=0, validate=lambda: hits(val))
+    stats = scorer.train(examples, ScorerConfig(epochs=2, learning_rate=1e-4, loss=loss), seed=0,
+                         validate=lambda: hits(val))
     after = hits(test)
     assert stats["steps"] == 80 and stats["oracle_positive_rate"] == pytest.approx(0.2)
     assert [e for e, _ in stats["val_scores"]] == [0.0, 1.0, 2.0] and stats["best_epoch"] in (0.0, 1.0, 2.0)
     assert after >= 25 and after > before + 10, (before, after)
+
+
+def test_ranking_losses_see_only_the_order_within_a_document():
+    """The ranking losses: lower when the labelled sentence ranks higher, blind to a shift of every score, and 0 with a
+    gradient (not an error) on a document whose sentences are all labelled."""
+    y = torch.tensor([0.0, 1.0, 0.0])
+    for kind in ("pairwise", "listwise"):
+        good, bad = torch.tensor([0.0, 2.0, 0.0]), torch.tensor([2.0, 0.0, 0.0])
+        assert summarize.ranking_loss(good, y, kind) < summarize.ranking_loss(bad, y, kind)
+        assert float(summarize.ranking_loss(good + 5.0, y, kind)) == pytest.approx(float(summarize.ranking_loss(good, y, kind)))
+        allpos = torch.zeros(3, requires_grad=True)
+        loss = summarize.ranking_loss(allpos, torch.ones(3), kind)
+        loss.backward()
+        assert float(loss) == 0.0 and allpos.grad is not None
+    with pytest.raises(ValueError, match="summarize.scorer.loss"):
+        summarize.ranking_loss(torch.zeros(3), y, "hinge")
 
 
 def test_extractive_scorer_fine_tunes_despite_near_constant_features(tiny_cls):

@@ -252,7 +252,8 @@ class SentenceScorer:
     """The long encoder fine-tuned as the extractive scorer: one [CLS] marker per sentence, each with global attention
     (``global_markers``; false: the document's first marker alone, the others local), a linear score on each
     sentence's mean final state in the context of the document's (:func:`sentence_in_document`), trained end to end on
-    greedy-ROUGE oracle labels (weighted binary cross-entropy: few sentences are positive). Only the encoder reads
+    greedy-ROUGE oracle labels (``scorer.loss``: weighted binary cross-entropy, few sentences being positive, or a
+    ranking loss, :func:`ranking_loss`). Only the encoder reads
     the text — no TextRank, centroid or position feature: those are the baselines it is compared with.
 
     Training starts from a warm head (logistic regression on the frozen encoder's marker states: scikit-learn), then
@@ -343,9 +344,8 @@ class SentenceScorer:
         self.long.train()
         for step in tqdm(range(steps), desc="train extractive scorer", unit="doc", mininterval=5.0):
             ids, marks, y = examples[order[step]]
-            logits = self._logits(ids, marks)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, torch.tensor(y, dtype=torch.float32, device=self.device), pos_weight=pos_weight)
+            loss = ranking_loss(self._logits(ids, marks), torch.tensor(y, dtype=torch.float32, device=self.device),
+                                cfg.loss, pos_weight)
             loss.backward()
             if torch.isfinite(torch.nn.utils.clip_grad_norm_(params, 1.0)):
                 opt.step()
@@ -376,6 +376,26 @@ class SentenceScorer:
         with torch.inference_mode():
             out = self._logits(ids, marks).cpu().numpy()
         return np.concatenate([out, np.full(len(sentences) - len(marks), -np.inf)])  # unread sentences rank last
+
+
+def ranking_loss(logits, y, kind: str, pos_weight=None):
+    """A document's sentence logits against its 0/1 oracle labels. ``bce``: weighted binary cross-entropy;
+    ``pairwise``: RankNet, log(1 + exp(-(s_pos - s_neg))) over every (labelled, unlabelled) pair; ``listwise``: ListNet,
+    the cross-entropy of softmax(logits) against the labels spread evenly. The two ranking losses see only the order
+    within the document (a document with no unlabelled sentence teaches them nothing: its loss is 0)."""
+    import torch
+    import torch.nn.functional as F
+
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+    pos, neg = logits[y > 0.5], logits[y <= 0.5]
+    if not len(pos) or not len(neg):
+        return logits.sum() * 0.0  # keeps the graph: backward() works, nothing moves
+    if kind == "pairwise":
+        return F.softplus(neg[None, :] - pos[:, None]).mean()
+    if kind == "listwise":
+        return -(y / y.sum() * torch.log_softmax(logits, dim=0)).sum()
+    raise ValueError(f"summarize.scorer.loss: unknown loss '{kind}'; use bce, pairwise or listwise")
 
 
 def within_budget(sentences: list[str], ranked: list[int], words: int) -> list[int]:
