@@ -34,8 +34,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=float, default=2.0, help="scorer fine-tuning passes (the best epoch on "
                     "validation is kept, the warm start included)")
     ap.add_argument("--lr", type=float, default=5e-5, help="scorer fine-tuning learning rate")
-    ap.add_argument("--loss", choices=["bce", "pairwise", "listwise"], default="bce",
-                    help="the scorer's training loss (summarize.scorer.loss)")
+    ap.add_argument("--loss", choices=["bce", "pairwise", "listwise"], default="pairwise",
+                    help="the scorer's training loss (summarize.scorer.loss; bce: the default until f7b2b33, results in "
+                         "summarization_bbc_bce.* / summarization_keps_bce.*)")
     ap.add_argument("--global-markers", action=argparse.BooleanOptionalAction, default=True,
                     help="global attention on every sentence marker (summarize.scorer.global_markers); "
                          "--no-global-markers: on the first marker alone")

@@ -581,10 +581,11 @@ class ScorerConfig(Strict):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_train_docs: int | None = Field(None, ge=1, description="train on at most this many documents")
     loss: Literal["bce", "pairwise", "listwise"] = Field(
-        "bce", description="bce: weighted binary cross-entropy per sentence (is it an oracle sentence?); pairwise: "
-        "RankNet's logistic loss on every (oracle, other) sentence pair of a document (only the order within a document "
-        "counts, which is all the budgeted pick uses); listwise: ListNet's cross-entropy between the softmax of a "
-        "document's scores and its oracle labels spread evenly")
+        "pairwise", description="pairwise: RankNet's logistic loss on every (oracle, other) sentence pair of a document "
+        "(only the order within a document counts, which is all the budgeted pick uses); bce: weighted binary "
+        "cross-entropy per sentence (is it an oracle sentence?); listwise: ListNet's cross-entropy between the softmax "
+        "of a document's scores and its oracle labels spread evenly. Validation ROUGE-2 (top-k), pairwise vs bce: "
+        "BBC News Summary 0.7122 vs 0.7101, KEPs 0.1109 vs 0.1040; listwise 0.7139 on BBC but 0.694 vs 0.699 at the budget")
     global_markers: bool = Field(True, description="global attention on every sentence marker (each sentence's "
                                  "state reads the whole document, Longformer's summarization recipe); false: on the "
                                  "first marker alone, ~30 % less inference time (validation ROUGE-2: BBC News Summary "

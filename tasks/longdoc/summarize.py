@@ -252,8 +252,8 @@ class SentenceScorer:
     """The long encoder fine-tuned as the extractive scorer: one [CLS] marker per sentence, each with global attention
     (``global_markers``; false: the document's first marker alone, the others local), a linear score on each
     sentence's mean final state in the context of the document's (:func:`sentence_in_document`), trained end to end on
-    greedy-ROUGE oracle labels (``scorer.loss``: weighted binary cross-entropy, few sentences being positive, or a
-    ranking loss, :func:`ranking_loss`). Only the encoder reads
+    greedy-ROUGE oracle labels (``scorer.loss``, :func:`ranking_loss`: by default a pairwise ranking loss within each
+    document; or weighted binary cross-entropy, few sentences being positive). Only the encoder reads
     the text — no TextRank, centroid or position feature: those are the baselines it is compared with.
 
     Training starts from a warm head (logistic regression on the frozen encoder's marker states: scikit-learn), then
